@@ -1,0 +1,13 @@
+"""skknn: learned nearest-neighbour search for scikit-learn.
+
+Keras, its backend and pynndescent are imported only when first needed, so
+``import skknn`` stays fast.
+"""
+
+from ._autoencoder import AutoencoderEmbedder
+from ._learned import LearnedNeighbors
+from ._metrics import SUPPORTED_METRICS
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["AutoencoderEmbedder", "LearnedNeighbors", "SUPPORTED_METRICS", "__version__"]

@@ -1,0 +1,238 @@
+"""AutoencoderEmbedder: an MLP autoencoder as a scikit-learn transformer."""
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from ._keras import ACTIVATIONS, MLPWeights, build_mlp, draw_seed, train
+
+
+class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Embed data with the encoder of a multilayer-perceptron autoencoder.
+
+    Inputs are standardised (zero mean, unit variance per feature), then an
+    encoder ``n_features -> hidden_layer_sizes -> n_components`` and a mirrored
+    decoder are trained with Keras to minimise the mean squared
+    reconstruction error. ``transform`` returns the codes (the encoder's
+    linear output layer).
+
+    Parameters
+    ----------
+    n_components : int, default=32
+        Dimension of the codes.
+    hidden_layer_sizes : tuple of int, default=(256,)
+        Widths of the encoder's hidden layers; the decoder uses them reversed.
+    activation : {'relu', 'tanh'}, default='relu'
+        Activation of the hidden layers.
+    epochs : int, default=50
+        Maximum number of passes over the training data.
+    batch_size : int, default=256
+        Rows per gradient step (capped at the number of training rows).
+    learning_rate : float, default=1e-3
+        Adam's step size.
+    validation_fraction : float, default=0.1
+        Fraction of rows held out to monitor the loss for early stopping.
+        With 0, or too few rows to hold any out, the training loss is
+        monitored instead.
+    n_iter_no_change : int, default=10
+        Stop after this many epochs without the monitored loss improving by
+        at least ``tol``; the weights of the best epoch are kept.
+    tol : float, default=1e-4
+        Minimum improvement of the monitored loss.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weight initialisation, the validation split and the
+        shuffling. Pass an int for reproducible results.
+    verbose : int, default=0
+        Print the losses after every epoch when positive.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features_in_,)
+        Per-feature mean used for standardisation.
+    scale_ : ndarray of shape (n_features_in_,)
+        Per-feature standard deviation used for standardisation (1 where a
+        feature is constant).
+    history_ : dict of list of float
+        ``'loss'`` per epoch, and ``'val_loss'`` when a validation set is used.
+    n_iter_ : int
+        Number of epochs run.
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during :term:`fit`, when ``X`` has string
+        column names.
+
+    See Also
+    --------
+    sklearn.decomposition.PCA : The linear baseline for the same job.
+    LearnedNeighbors : Uses this embedder by default.
+
+    Notes
+    -----
+    Keras trains the network; the fitted weights are then kept as NumPy
+    arrays and ``transform``/``inverse_transform`` evaluate them with NumPy.
+    Fitted instances therefore pickle and load without Keras, with identical
+    outputs.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skknn import AutoencoderEmbedder
+    >>> X, _ = load_digits(return_X_y=True)
+    >>> embedder = AutoencoderEmbedder(n_components=8, epochs=3, random_state=0)
+    >>> embedder.fit_transform(X).shape
+    (1797, 8)
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "hidden_layer_sizes": ["array-like"],
+        "activation": [StrOptions(set(ACTIVATIONS) - {"linear"})],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_components=32,
+        *,
+        hidden_layer_sizes=(256,),
+        activation="relu",
+        epochs=50,
+        batch_size=256,
+        learning_rate=1e-3,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_components = n_components
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _hidden_sizes(self):
+        sizes = [int(s) for s in np.atleast_1d(self.hidden_layer_sizes)]
+        if any(s < 1 for s in sizes):
+            raise ValueError(
+                f"hidden_layer_sizes must hold positive integers, got {self.hidden_layer_sizes!r}."
+            )
+        return sizes
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train the autoencoder on ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : AutoencoderEmbedder
+            The fitted embedder.
+        """
+        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        hidden = self._hidden_sizes()
+        rng = check_random_state(self.random_state)
+        self.mean_ = X.mean(axis=0)
+        scale = X.std(axis=0)
+        self.scale_ = np.where(scale > 0, scale, 1.0)
+        Xs = self._standardise(X)
+
+        n_features = X.shape[1]
+        sizes = hidden + [self.n_components] + hidden[::-1] + [n_features]
+        activations = [self.activation] * len(hidden) + ["linear"]
+        activations = activations + activations
+        model = build_mlp(n_features, sizes, activations, draw_seed(rng))
+        self.history_ = train(
+            model, "mse", Xs, Xs, params=self._train_params(), rng=rng, owner=type(self).__name__
+        )
+        self.n_iter_ = len(self.history_["loss"])
+        n_encoder = len(hidden) + 1
+        self._encoder = MLPWeights.from_keras(model, stop=n_encoder)
+        self._decoder = MLPWeights.from_keras(model, start=n_encoder)
+        return self
+
+    def _train_params(self):
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "validation_fraction": self.validation_fraction,
+            "n_iter_no_change": self.n_iter_no_change,
+            "tol": self.tol,
+            "verbose": self.verbose,
+        }
+
+    def _standardise(self, X):
+        return ((X - self.mean_) / self.scale_).astype(np.float32)
+
+    def transform(self, X):
+        """Encode ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Data to encode.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_components)
+            The codes, float32.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return self._encoder(self._standardise(X))
+
+    def inverse_transform(self, Z):
+        """Decode codes back to the input space.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_components)
+            Codes, e.g. from :meth:`transform`.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features_in_)
+            Reconstructions in the original units.
+        """
+        check_is_fitted(self)
+        Z = check_array(Z, dtype=[np.float32, np.float64])
+        if Z.shape[1] != self.n_components:
+            raise ValueError(
+                f"Z has {Z.shape[1]} features, but {type(self).__name__} decodes "
+                f"codes of n_components={self.n_components} features."
+            )
+        return self._decoder(Z) * self.scale_ + self.mean_
+
+    @property
+    def _n_features_out(self):
+        return self.n_components

@@ -1,0 +1,371 @@
+"""The neighbours API shared by the search estimators.
+
+:class:`SearchBase` mirrors :class:`sklearn.neighbors.NearestNeighbors` and
+:class:`sklearn.neighbors.KNeighborsTransformer`: validation, ``kneighbors``,
+``kneighbors_graph``, ``radius_neighbors``, ``radius_neighbors_graph``,
+``transform``, and the recall measurement and ``target_recall`` tuning done at
+the end of ``fit``. A subclass supplies the index: ``_fit_index``, ``_knn``,
+``_radius`` and ``_search_efforts``.
+"""
+
+import numbers
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils import check_random_state, gen_batches
+from sklearn.utils._param_validation import Interval, StrOptions
+from joblib import effective_n_jobs
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._metrics import SUPPORTED_METRICS, resolve_metric
+from ._search import drop_self, exact_kneighbors, recall_at_k
+
+# Training rows on which ``recall_`` is measured, and the data size from which
+# they are held out of training the learned part of the index.
+_N_RECALL = 256
+_HOLD_OUT_FROM = 5 * _N_RECALL
+# Queries handed to a subclass's ``_knn`` at once: bounds every per-query
+# array (embeddings, candidate lists, routes) whatever the number of queries.
+_QUERY_BATCH = 8192
+
+
+def _to_object_array(arrays):
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = arrays
+    return out
+
+
+class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Base class of the neighbours search estimators. Not for direct use."""
+
+    _parameter_constraints: dict = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "radius": [Interval(Real, 0, None, closed="both")],
+        "metric": [StrOptions(set(SUPPORTED_METRICS))],
+        "p": [Interval(Real, 1, None, closed="left")],
+        "metric_params": [dict, None],
+        "n_jobs": [Integral, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "mode": [StrOptions({"distance", "connectivity"})],
+        "target_recall": [Interval(Real, 0, 1, closed="right"), None],
+    }
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, X):
+        """Validate, build the index, then measure (and tune) recall."""
+        X = validate_data(self, X, dtype=[np.float64, np.float32], order="C")
+        self._metric = resolve_metric(self.metric, self.p, self.metric_params)
+        self.effective_metric_ = self._metric.sklearn_name
+        self.effective_metric_params_ = self._metric.sklearn_params
+        self.n_samples_fit_ = X.shape[0]
+        self._fit_X = X
+        self._X = self._metric.prepare(X)
+        self._n_jobs = effective_n_jobs(self.n_jobs)
+        rng = check_random_state(self.random_state)
+        eval_rows, train_rows = self._recall_rows(X.shape[0], rng)
+        self._fit_index(self._X, train_rows, rng)
+        self._tune_search(eval_rows)
+        return self
+
+    @staticmethod
+    def _recall_rows(n_samples, rng):
+        """Rows to measure recall on, and rows to train the learned part on."""
+        n_eval = min(_N_RECALL, n_samples)
+        perm = rng.permutation(n_samples)
+        eval_rows = np.sort(perm[:n_eval])
+        if n_samples < _HOLD_OUT_FROM:
+            return eval_rows, np.arange(n_samples)
+        return eval_rows, np.sort(perm[n_eval:])
+
+    def _tune_search(self, eval_rows):
+        """Set ``search_params_`` and ``recall_`` on the held-out rows."""
+        efforts = self._search_efforts()
+        k = min(self.n_neighbors, self.n_samples_fit_ - 1)
+        if k < 1:
+            # A single fitted point has no neighbours to miss.
+            self.search_params_, self.recall_ = self._default_search_params(), 1.0
+            return
+        Q = self._X[eval_rows]
+        exact, _ = drop_self(
+            *exact_kneighbors(self._metric, Q, self._X, k + 1, n_jobs=self._n_jobs), eval_rows
+        )
+        if self.target_recall is None:
+            efforts = [self._default_search_params()]
+        for params in efforts:
+            dist, _ = drop_self(*self._search(Q, k + 1, params), eval_rows)
+            recall = recall_at_k(dist, exact)
+            self._log(f"recall@{k} = {recall:.4f} with {params}")
+            if self.target_recall is None or recall >= self.target_recall:
+                break
+        else:
+            warnings.warn(
+                f"[{type(self).__name__}] target_recall={self.target_recall} was not "
+                f"reached: the largest search effort {params} gives recall@{k} = "
+                f"{recall:.4f} on the held-out sample.",
+                UserWarning,
+            )
+        self.search_params_, self.recall_ = params, recall
+
+    def _log(self, message):
+        if self.verbose:
+            print(f"[{type(self).__name__}] {message}", flush=True)
+
+    # -------------------------------------------------------------- queries
+    def _queries(self, X):
+        """Prepared query rows (or the training rows when ``X`` is None)."""
+        if X is None:
+            return self._X
+        X = validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=False)
+        return self._metric.prepare(X.astype(self._X.dtype, copy=False))
+
+    def _search(self, Q, k, params):
+        """Top-``k`` in batches; queries the index could not fill are searched exactly."""
+        parts = [self._knn(Q[b], k, params) for b in gen_batches(len(Q), _QUERY_BATCH)]
+        dist = np.vstack([d for d, _ in parts])
+        ind = np.vstack([i for _, i in parts])
+        short = np.flatnonzero((ind < 0).any(axis=1))
+        if len(short):
+            dist[short], ind[short] = exact_kneighbors(
+                self._metric, Q[short], self._X, k, n_jobs=self._n_jobs
+            )
+        return dist, ind
+
+    def _check_n_neighbors(self, n_neighbors):
+        if n_neighbors is None:
+            return self.n_neighbors
+        if not isinstance(n_neighbors, numbers.Integral):
+            raise TypeError(
+                f"n_neighbors does not take {type(n_neighbors)} value, enter integer value"
+            )
+        if n_neighbors <= 0:
+            raise ValueError(f"Expected n_neighbors > 0. Got {n_neighbors}")
+        return int(n_neighbors)
+
+    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
+        """Find the k nearest neighbours of each query point.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features), default=None
+            The query points. If None, the neighbours of every indexed point
+            are returned, and a point is not its own neighbour.
+        n_neighbors : int, default=None
+            Number of neighbours; the constructor's ``n_neighbors`` if None.
+        return_distance : bool, default=True
+            Whether to return the distances.
+
+        Returns
+        -------
+        neigh_dist : ndarray of shape (n_queries, n_neighbors)
+            Exact input-space distances to the neighbours, ascending. Only
+            present if ``return_distance=True``.
+        neigh_ind : ndarray of shape (n_queries, n_neighbors)
+            Indices of the neighbours in the fitted data.
+        """
+        check_is_fitted(self)
+        n_neighbors = self._check_n_neighbors(n_neighbors)
+        query_is_train = X is None
+        Q = self._queries(X)
+        if n_neighbors + query_is_train > self.n_samples_fit_:
+            inequality = "n_neighbors < n_samples_fit" if query_is_train else (
+                "n_neighbors <= n_samples_fit"
+            )
+            raise ValueError(
+                f"Expected {inequality}, but n_neighbors = {n_neighbors}, "
+                f"n_samples_fit = {self.n_samples_fit_}, n_samples = {Q.shape[0]}"
+            )
+        dist, ind = self._search(Q, n_neighbors + query_is_train, self.search_params_)
+        if query_is_train:
+            dist, ind = drop_self(dist, ind, np.arange(Q.shape[0]))
+        return (dist, ind) if return_distance else ind
+
+    def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
+        """Sparse graph of the k nearest neighbours of each query point.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features), default=None
+            The query points; the indexed points (each not its own neighbour)
+            if None.
+        n_neighbors : int, default=None
+            Number of neighbours; the constructor's ``n_neighbors`` if None.
+        mode : {'connectivity', 'distance'}, default='connectivity'
+            Edge weights: ones, or exact input-space distances.
+
+        Returns
+        -------
+        A : sparse matrix of shape (n_queries, n_samples_fit)
+            CSR matrix; ``A[i, j]`` is the weight of the edge from query ``i``
+            to fitted point ``j``.
+        """
+        check_is_fitted(self)
+        if mode not in ("connectivity", "distance"):
+            raise ValueError(
+                'Unsupported mode, must be one of "connectivity", '
+                f'or "distance" but got "{mode}" instead'
+            )
+        n_neighbors = self._check_n_neighbors(n_neighbors)
+        dist, ind = self.kneighbors(X, n_neighbors, return_distance=True)
+        data = np.ones(ind.size) if mode == "connectivity" else dist.ravel()
+        indptr = np.arange(0, ind.size + 1, n_neighbors)
+        return csr_matrix((data, ind.ravel(), indptr), shape=(len(ind), self.n_samples_fit_))
+
+    def radius_neighbors(self, X=None, radius=None, return_distance=True, sort_results=False):
+        """Find the neighbours within ``radius`` of each query point.
+
+        Searches the same candidates as :meth:`kneighbors` (exact in the
+        estimator's exact setting), so in an approximate setting points
+        outside the candidates are not found.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features), default=None
+            The query points; the indexed points (each not its own neighbour)
+            if None.
+        radius : float, default=None
+            Limiting distance (inclusive); the constructor's ``radius`` if None.
+        return_distance : bool, default=True
+            Whether to return the distances.
+        sort_results : bool, default=False
+            Sort each query's neighbours by distance (needs
+            ``return_distance=True``).
+
+        Returns
+        -------
+        neigh_dist : ndarray of shape (n_queries,) of arrays
+            Exact distances; only present if ``return_distance=True``.
+        neigh_ind : ndarray of shape (n_queries,) of arrays
+            Indices of the neighbours in the fitted data.
+        """
+        check_is_fitted(self)
+        if sort_results and not return_distance:
+            raise ValueError("return_distance must be True if sort_results is True.")
+        radius = self.radius if radius is None else radius
+        if not isinstance(radius, Real) or not radius >= 0:
+            raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
+        Q = self._queries(X)
+        dists, inds = [], []
+        for batch in gen_batches(len(Q), _QUERY_BATCH):
+            d, i = self._radius(Q[batch], float(radius), self.search_params_)
+            dists += d
+            inds += i
+        for row in range(len(Q)):
+            keep = np.ones(len(inds[row]), dtype=bool)
+            if X is None:
+                keep = inds[row] != row
+            if sort_results:
+                order = np.lexsort((inds[row][keep], dists[row][keep]))
+                keep = np.flatnonzero(keep)[order]
+            dists[row], inds[row] = dists[row][keep], inds[row][keep]
+        inds = _to_object_array(inds)
+        return (_to_object_array(dists), inds) if return_distance else inds
+
+    def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
+        """Sparse graph of the neighbours within ``radius`` of each query point.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features), default=None
+            The query points; the indexed points (each not its own neighbour)
+            if None.
+        radius : float, default=None
+            Limiting distance (inclusive); the constructor's ``radius`` if None.
+        mode : {'connectivity', 'distance'}, default='connectivity'
+            Edge weights: ones, or exact input-space distances.
+        sort_results : bool, default=False
+            Sort each row's entries by distance (``mode='distance'`` only).
+
+        Returns
+        -------
+        A : sparse matrix of shape (n_queries, n_samples_fit)
+            CSR matrix of the edges.
+        """
+        check_is_fitted(self)
+        if mode not in ("connectivity", "distance"):
+            raise ValueError(
+                'Unsupported mode, must be one of "connectivity", '
+                f'or "distance" but got "{mode}" instead'
+            )
+        dist, ind = self.radius_neighbors(
+            X, radius, return_distance=True, sort_results=sort_results and mode == "distance"
+        )
+        counts = np.array([len(i) for i in ind], dtype=np.intp)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        cols = np.concatenate(list(ind)) if len(ind) else np.empty(0, dtype=np.intp)
+        if mode == "connectivity":
+            data = np.ones(len(cols))
+        else:
+            data = np.concatenate(list(dist)) if len(dist) else np.empty(0)
+        return csr_matrix((data, cols, indptr), shape=(len(ind), self.n_samples_fit_))
+
+    # ------------------------------------------------------------ transform
+    def transform(self, X):
+        """The k-neighbours graph of ``X``, as ``KNeighborsTransformer`` does.
+
+        In ``mode='distance'`` each row holds ``n_neighbors + 1`` entries, so
+        that the graph still has ``n_neighbors`` neighbours per point when a
+        query is one of the fitted points (at distance zero from itself).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            The query points.
+
+        Returns
+        -------
+        Xt : sparse matrix of shape (n_queries, n_samples_fit)
+            CSR graph with edge weights given by ``mode``.
+        """
+        check_is_fitted(self)
+        add_one = self.mode == "distance"
+        return self.kneighbors_graph(X, mode=self.mode, n_neighbors=self.n_neighbors + add_one)
+
+    def fit_transform(self, X, y=None):
+        """Fit to ``X``, then return its k-neighbours graph (see :meth:`transform`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        Xt : sparse matrix of shape (n_samples, n_samples)
+            CSR graph with edge weights given by ``mode``.
+        """
+        return self.fit(X).transform(X)
+
+    @property
+    def _n_features_out(self):
+        return self.n_samples_fit_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        return tags
+
+    # ------------------------------------------------ subclass obligations
+    def _fit_index(self, X, train_rows, rng):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _knn(self, Q, k, params):  # pragma: no cover - abstract
+        """Sorted top-``k`` of prepared queries; ``-1`` where none was found."""
+        raise NotImplementedError
+
+    def _radius(self, Q, radius, params):  # pragma: no cover - abstract
+        """Per-query arrays of distances and indices within ``radius``."""
+        raise NotImplementedError
+
+    def _search_efforts(self):  # pragma: no cover - abstract
+        """Search settings in increasing effort, tried by ``target_recall``."""
+        raise NotImplementedError
+
+    def _default_search_params(self):  # pragma: no cover - abstract
+        """Search settings used when ``target_recall`` is None."""
+        raise NotImplementedError

@@ -1,0 +1,175 @@
+"""Keras helpers: lazy import, seeded MLPs, a training loop, NumPy inference.
+
+Keras (and its backend) is imported only when a network is trained. A fitted
+network is kept as plain NumPy arrays (:class:`MLPWeights`) and evaluated with
+NumPy, so fitted estimators pickle, ``copy.deepcopy`` and load in a fresh
+process without Keras, with bit-identical outputs, and ``transform`` never pays
+for importing the backend.
+"""
+
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+_MAX_SEED = np.iinfo(np.int32).max
+
+ACTIVATIONS = {
+    "relu": lambda z: np.maximum(z, 0.0, out=z),
+    "tanh": lambda z: np.tanh(z, out=z),
+    "linear": lambda z: z,
+}
+
+
+def import_keras():
+    """Import Keras, choosing JAX unless a backend was already chosen.
+
+    JAX is used when ``KERAS_BACKEND`` is unset and Keras has not been
+    imported yet; otherwise whatever backend is active is kept. The code only
+    uses ``keras.ops``, so torch and tensorflow backends work too.
+    """
+    if "keras" not in sys.modules and not os.environ.get("KERAS_BACKEND"):
+        os.environ["KERAS_BACKEND"] = "jax"
+    import keras
+
+    return keras
+
+
+def draw_seed(rng):
+    """An integer seed for Keras or another library, drawn from ``rng``."""
+    return int(rng.randint(_MAX_SEED))
+
+
+def build_mlp(n_inputs, layer_sizes, activations, seed):
+    """A Keras ``Sequential`` of ``Dense`` layers with seeded initialisers."""
+    keras = import_keras()
+    layers = [keras.Input(shape=(n_inputs,))]
+    for i, (size, activation) in enumerate(zip(layer_sizes, activations)):
+        layers.append(
+            keras.layers.Dense(
+                size,
+                activation=activation,
+                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i),
+            )
+        )
+    return keras.Sequential(layers)
+
+
+class MLPWeights:
+    """The weights of a fitted MLP, evaluated with NumPy.
+
+    Parameters
+    ----------
+    layers : list of (W, b, activation)
+        ``W`` of shape ``(n_in, n_out)``, ``b`` of shape ``(n_out,)`` and the
+        activation's name (a key of ``ACTIVATIONS``).
+    """
+
+    def __init__(self, layers):
+        self.layers = [(np.asarray(W), np.asarray(b), act) for W, b, act in layers]
+
+    @classmethod
+    def from_keras(cls, model, start=0, stop=None):
+        """Copy the weights of ``model.layers[start:stop]`` (all ``Dense``)."""
+        layers = []
+        for layer in model.layers[start:stop]:
+            W, b = (np.asarray(w) for w in layer.get_weights())
+            layers.append((W, b, layer.activation.__name__))
+        return cls(layers)
+
+    @property
+    def n_outputs(self):
+        return self.layers[-1][0].shape[1]
+
+    def __call__(self, X):
+        """Forward pass of ``X`` (float32 arithmetic, as in training)."""
+        Z = np.asarray(X, dtype=np.float32)
+        for W, b, act in self.layers:
+            Z = ACTIVATIONS[act](Z @ W + b)
+        return Z
+
+
+def _split_validation(n_samples, validation_fraction, rng):
+    """Row numbers for training and validation (empty when too few rows)."""
+    n_val = int(validation_fraction * n_samples)
+    if n_val < 1 or n_samples - n_val < 1:
+        return np.arange(n_samples), np.arange(0)
+    perm = rng.permutation(n_samples)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def train(model, loss, X, Y, *, params, rng, owner):
+    """Train ``model`` with Adam, seeded shuffling and early stopping.
+
+    Parameters
+    ----------
+    model : keras.Model
+    loss : str or callable
+        Anything ``model.compile(loss=...)`` takes.
+    X, Y : ndarrays
+        Inputs and targets (float32).
+    params : dict
+        ``epochs``, ``batch_size``, ``learning_rate``,
+        ``validation_fraction``, ``n_iter_no_change``, ``tol``, ``verbose``.
+    rng : numpy.random.RandomState
+        Source of the validation split and the per-epoch shuffles.
+    owner : str
+        Name used as the ``[owner]`` prefix of progress messages and warnings.
+
+    Returns
+    -------
+    history : dict of lists
+        ``'loss'`` per epoch, and ``'val_loss'`` when a validation set is used.
+        The best weights (lowest monitored loss) are restored at the end.
+    """
+    keras = import_keras()
+    train_rows, val_rows = _split_validation(len(X), params["validation_fraction"], rng)
+    batch_size = min(params["batch_size"], len(train_rows))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=params["learning_rate"]), loss=loss
+    )
+    validation = (X[val_rows], Y[val_rows]) if len(val_rows) else None
+    monitor = "val_loss" if validation is not None else "loss"
+    history = {"loss": []} if validation is None else {"loss": [], "val_loss": []}
+    best, best_weights, stale = np.inf, None, 0
+    for epoch in range(params["epochs"]):
+        tic = time.perf_counter()
+        order = train_rows[rng.permutation(len(train_rows))]
+        logs = model.fit(
+            X[order], Y[order], batch_size=batch_size, epochs=1, shuffle=False,
+            validation_data=validation, verbose=0,
+        ).history
+        for key in history:
+            history[key].append(float(logs[key][-1]))
+        current = history[monitor][-1]
+        if params["verbose"]:
+            shown = ", ".join(f"{key}={vals[-1]:.5g}" for key, vals in history.items())
+            print(
+                f"[{owner}] epoch {epoch + 1}/{params['epochs']}: {shown} "
+                f"({time.perf_counter() - tic:.2f} s)",
+                flush=True,
+            )
+        if not np.isfinite(current):
+            raise FloatingPointError(
+                f"[{owner}] training diverged at epoch {epoch + 1} ({monitor}={current}); "
+                "lower learning_rate."
+            )
+        if current < best - params["tol"]:
+            stale = 0
+        else:
+            stale += 1
+        if current < best:
+            best, best_weights = current, model.get_weights()
+        if stale >= params["n_iter_no_change"]:
+            break
+    else:
+        warnings.warn(
+            f"[{owner}] stopped after epochs={params['epochs']} while {monitor} was "
+            "still improving; consider raising epochs.",
+            ConvergenceWarning,
+        )
+    model.set_weights(best_weights)
+    return history

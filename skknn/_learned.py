@@ -1,0 +1,297 @@
+"""LearnedNeighbors: search a learned embedding, re-rank exactly."""
+
+from numbers import Integral
+
+import numpy as np
+from scipy.sparse import issparse
+from sklearn.base import _fit_context, clone
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+
+from ._autoencoder import AutoencoderEmbedder
+from ._base import SearchBase
+from ._keras import draw_seed
+from ._metrics import Metric
+from ._search import block_topk, candidate_radius, exact_kneighbors, exact_radius, rerank
+
+# Fitted points from which backend='auto' builds a pynndescent graph instead
+# of brute-force search of the embedding (see the class Notes for how this
+# was measured).
+_PYNNDESCENT_FROM = 200_000
+# Candidates per neighbour tried, in order, by target_recall.
+_EFFORT_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+# pynndescent's search slack (its query ``epsilon``) and graph degree.
+_NNDESCENT_EPSILON = 0.1
+_NNDESCENT_DEGREE = 30
+_PYNNDESCENT_METRICS = {
+    "euclidean": "euclidean",
+    "sqeuclidean": "euclidean",
+    "cosine": "euclidean",  # rows are unit-normalised by Metric.prepare
+    "manhattan": "manhattan",
+    "chebyshev": "chebyshev",
+    "minkowski": "minkowski",
+}
+
+
+class LearnedNeighbors(SearchBase):
+    """Nearest neighbours through a learned embedding, re-ranked exactly.
+
+    A drop-in for :class:`sklearn.neighbors.NearestNeighbors`. The training
+    data are embedded with ``embedder`` (by default an
+    :class:`AutoencoderEmbedder`); for each query, the
+    ``candidates_per_neighbor * n_neighbors`` nearest points in the embedded
+    space are found (by brute force or a pynndescent graph) and re-ranked by
+    their exact distance in the input space. Distances returned are always
+    exact input-space distances.
+
+    With ``embedder='passthrough', backend='brute'`` the search is exact and
+    equals ``NearestNeighbors(algorithm='brute')``.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=5
+        Number of neighbours for :meth:`kneighbors` and :meth:`transform`.
+    embedder : None, 'passthrough' or transformer, default=None
+        Maps inputs to the space searched for candidates. None trains an
+        :class:`AutoencoderEmbedder` with its defaults; 'passthrough' searches
+        the input space itself; any scikit-learn transformer (e.g.
+        :class:`~sklearn.decomposition.PCA`) is cloned and fitted. For
+        ``metric='cosine'`` the embedder sees unit-normalised rows.
+    backend : {'auto', 'brute', 'pynndescent'}, default='auto'
+        Candidate search in the embedded space: exact brute force, or an
+        approximate pynndescent graph. 'auto' uses brute force below 200,000
+        fitted points, where it is faster than paying pynndescent's one-off
+        compilation and graph construction.
+    candidates_per_neighbor : int, default=10
+        Candidates re-ranked per requested neighbour (capped at the number of
+        fitted points). More candidates: higher recall, slower queries.
+        Ignored in the exact setting and when ``target_recall`` is set.
+    radius : float, default=1.0
+        Range of :meth:`radius_neighbors` queries by default.
+    metric : str, default='minkowski'
+        One of 'euclidean', 'sqeuclidean', 'manhattan' ('cityblock', 'l1'),
+        'cosine', 'chebyshev', 'minkowski' (with ``p``), 'l2'.
+    p : float, default=2
+        Power of the Minkowski metric (``p >= 1``).
+    metric_params : dict, default=None
+        Only ``{'p': value}`` for the Minkowski metric.
+    target_recall : float, default=None
+        If set, ``fit`` picks the smallest ``candidates_per_neighbor`` whose
+        recall@n_neighbors on a held-out sample reaches this value (and warns
+        if none does).
+    mode : {'distance', 'connectivity'}, default='distance'
+        Edge weights of the graph returned by :meth:`transform`.
+    n_jobs : int, default=None
+        Threads for the exact search and for pynndescent.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the default embedder, the recall sample and pynndescent.
+    verbose : int, default=0
+        Progress messages when positive; 2 also shows the embedder's epochs.
+
+    Attributes
+    ----------
+    embedder_ : transformer or None
+        The fitted embedder; None for ``embedder='passthrough'``.
+    backend_ : str
+        The backend in use, 'brute' or 'pynndescent'.
+    recall_ : float
+        Recall@n_neighbors measured at the end of ``fit`` against exact
+        search, on up to 256 training points queried with themselves
+        excluded. From 1,280 fitted points on, these points are held out of
+        the embedder's training (they stay in the index).
+    search_params_ : dict
+        The search effort in use: ``{'candidates_per_neighbor': c}``, or
+        ``{}`` in the exact setting.
+    effective_metric_ : str
+        The metric used, after resolving aliases and Minkowski powers.
+    effective_metric_params_ : dict
+        Its parameters.
+    n_samples_fit_ : int
+        Number of fitted points.
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during :term:`fit`, when ``X`` has string
+        column names.
+
+    See Also
+    --------
+    sklearn.neighbors.NearestNeighbors : Exact search.
+    AutoencoderEmbedder : The default embedder.
+
+    Notes
+    -----
+    ``radius_neighbors`` searches the same candidates as ``kneighbors`` with
+    the constructor's ``n_neighbors``; outside the exact setting it cannot
+    return more points than that and may miss some within the radius.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import LearnedNeighbors
+    >>> X = np.array([[0., 0.], [1., 0.], [0., 1.], [5., 5.], [6., 5.]])
+    >>> nn = LearnedNeighbors(n_neighbors=2, embedder="passthrough").fit(X)
+    >>> dist, ind = nn.kneighbors([[5.5, 5.]])
+    >>> ind
+    array([[3, 4]])
+    >>> dist
+    array([[0.5, 0.5]])
+    """
+
+    _parameter_constraints: dict = {
+        **SearchBase._parameter_constraints,
+        "embedder": [None, StrOptions({"passthrough"}), HasMethods(["fit", "transform"])],
+        "backend": [StrOptions({"auto", "brute", "pynndescent"})],
+        "candidates_per_neighbor": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        n_neighbors=5,
+        *,
+        embedder=None,
+        backend="auto",
+        candidates_per_neighbor=10,
+        radius=1.0,
+        metric="minkowski",
+        p=2,
+        metric_params=None,
+        target_recall=None,
+        mode="distance",
+        n_jobs=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_neighbors = n_neighbors
+        self.embedder = embedder
+        self.backend = backend
+        self.candidates_per_neighbor = candidates_per_neighbor
+        self.radius = radius
+        self.metric = metric
+        self.p = p
+        self.metric_params = metric_params
+        self.target_recall = target_recall
+        self.mode = mode
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None):
+        """Fit the embedder and build the candidate index.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : LearnedNeighbors
+            The fitted estimator.
+        """
+        return self._fit(X)
+
+    # ----------------------------------------------------------- the index
+    def _fit_index(self, X, train_rows, rng):
+        self.embedder_ = self._fit_embedder(X[train_rows], rng)
+        n_samples = X.shape[0]
+        self.backend_ = self.backend
+        if self.backend == "auto":
+            self.backend_ = "brute" if n_samples < _PYNNDESCENT_FROM else "pynndescent"
+        self._exact = self.embedder_ is None and self.backend_ == "brute"
+        self._index_metric = self._metric if self.embedder_ is None else Metric("euclidean")
+        if self._exact:
+            return
+        Z = self._embed(X)
+        if self.backend_ == "brute":
+            self._Z = Z
+            self._Z_sqnorm = np.einsum("ij,ij->i", Z, Z)
+        else:
+            self._nndescent = self._build_nndescent(Z, rng)
+
+    def _fit_embedder(self, X, rng):
+        if isinstance(self.embedder, str):
+            return None
+        if self.embedder is None:
+            embedder = AutoencoderEmbedder(
+                random_state=draw_seed(rng), verbose=max(self.verbose - 1, 0)
+            )
+        else:
+            embedder = clone(self.embedder)
+        self._log(f"fitting {type(embedder).__name__} on {X.shape[0]} rows")
+        return embedder.fit(X)
+
+    def _embed(self, X):
+        if self.embedder_ is None:
+            return X
+        Z = self.embedder_.transform(X)
+        if issparse(Z) or np.ndim(Z) != 2 or len(Z) != len(X):
+            raise ValueError(
+                f"embedder {type(self.embedder_).__name__} must return a dense 2-D array "
+                f"with one row per sample, got {type(Z).__name__} of shape {np.shape(Z)}."
+            )
+        Z = np.ascontiguousarray(Z, dtype=np.float32)
+        if not np.isfinite(Z).all():
+            raise ValueError(
+                f"embedder {type(self.embedder_).__name__} returned non-finite values."
+            )
+        return Z
+
+    def _build_nndescent(self, Z, rng):
+        from pynndescent import NNDescent
+
+        self._log(f"building pynndescent graph on {Z.shape[0]} x {Z.shape[1]} points")
+        metric = self._index_metric
+        index = NNDescent(
+            Z,
+            metric=_PYNNDESCENT_METRICS[metric.name],
+            metric_kwds=metric.sklearn_params or None,
+            n_neighbors=min(_NNDESCENT_DEGREE, Z.shape[0] - 1),
+            random_state=draw_seed(rng),
+            n_jobs=self._n_jobs,
+            verbose=self.verbose >= 2,
+        )
+        index.prepare()
+        return index
+
+    # -------------------------------------------------------------- search
+    def _n_candidates(self, k, params):
+        return min(self.n_samples_fit_, max(k, params["candidates_per_neighbor"] * k))
+
+    def _candidates(self, Q, n_candidates):
+        Zq = self._embed(Q)
+        if self.backend_ == "brute":
+            return block_topk(
+                self._index_metric, Zq, self._Z, n_candidates, self._Z_sqnorm, self._n_jobs
+            )[1]
+        ind, _ = self._nndescent.query(Zq, k=n_candidates, epsilon=_NNDESCENT_EPSILON)
+        return ind
+
+    def _knn(self, Q, k, params):
+        if self._exact:
+            return exact_kneighbors(self._metric, Q, self._X, k, n_jobs=self._n_jobs)
+        candidates = self._candidates(Q, self._n_candidates(k, params))
+        return rerank(self._metric, Q, self._X, candidates, k, self._n_jobs)
+
+    def _radius(self, Q, radius, params):
+        if self._exact:
+            return exact_radius(self._metric, Q, self._X, radius, self._n_jobs)
+        candidates = self._candidates(Q, self._n_candidates(self.n_neighbors, params))
+        return candidate_radius(self._metric, Q, self._X, candidates, radius, self._n_jobs)
+
+    def _default_search_params(self):
+        if self._exact:
+            return {}
+        return {"candidates_per_neighbor": self.candidates_per_neighbor}
+
+    def _search_efforts(self):
+        if self._exact:
+            return [{}]
+        efforts = []
+        for c in _EFFORT_GRID:
+            efforts.append({"candidates_per_neighbor": c})
+            if c * self.n_neighbors >= self.n_samples_fit_:
+                break
+        return efforts
