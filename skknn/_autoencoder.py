@@ -205,11 +205,11 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         Returns
         -------
         Z : ndarray of shape (n_samples, n_components)
-            The codes, float32.
+            The codes, in the dtype of ``X`` (computed in float32).
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return self._encoder(self._standardise(X))
+        return self._encoder(self._standardise(X)).astype(X.dtype, copy=False)
 
     def inverse_transform(self, Z):
         """Decode codes back to the input space.
@@ -236,3 +236,8 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     @property
     def _n_features_out(self):
         return self.n_components
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

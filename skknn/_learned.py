@@ -54,7 +54,8 @@ class LearnedNeighbors(SearchBase):
         Maps inputs to the space searched for candidates. None trains an
         :class:`AutoencoderEmbedder` with its defaults; 'passthrough' searches
         the input space itself; any scikit-learn transformer (e.g.
-        :class:`~sklearn.decomposition.PCA`) is cloned and fitted. For
+        :class:`~sklearn.decomposition.PCA`) is cloned and fitted, its
+        ``random_state`` seeded from ours if it is None. For
         ``metric='cosine'`` the embedder sees unit-normalised rows.
     backend : {'auto', 'brute', 'pynndescent'}, default='auto'
         Candidate search in the embedded space: exact brute force, or an
@@ -220,6 +221,10 @@ class LearnedNeighbors(SearchBase):
             )
         else:
             embedder = clone(self.embedder)
+            # As scikit-learn's ensembles do, seed a nested estimator left
+            # unseeded, so that random_state makes the whole fit reproducible.
+            if embedder.get_params().get("random_state", False) is None:
+                embedder.set_params(random_state=draw_seed(rng))
         self._log(f"fitting {type(embedder).__name__} on {X.shape[0]} rows")
         return embedder.fit(X)
 

@@ -60,14 +60,15 @@ class Metric:
     def prepare(self, X):
         """Return the rows in the form :meth:`block` and :meth:`paired` expect.
 
-        Cosine works on unit-normalised rows (rows of zeros stay zeros, giving
-        a distance of 1 to everything, as in scikit-learn); the other metrics
-        work on the rows as they are.
+        Cosine works on unit-normalised rows; as in scikit-learn, a row whose
+        norm is below ``10 * eps`` counts as a zero row, has no direction and
+        is at distance 1 from everything. The other metrics work on the rows
+        as they are.
         """
         if self.name != "cosine":
             return X
         norms = np.sqrt(np.einsum("ij,ij->i", X, X))
-        norms[norms == 0.0] = 1.0
+        norms[norms < 10 * np.finfo(X.dtype).eps] = 1.0
         return X / norms[:, None]
 
     def block(self, A, B, B_sqnorm=None):
@@ -119,9 +120,12 @@ class Metric:
             if self.name == "euclidean":
                 return np.sqrt(sq)
             if self.name == "cosine":
-                # For unit vectors 1 - cos(a, b) == |a - b|^2 / 2, and the
-                # right-hand side keeps its precision for nearly equal rows.
-                return np.minimum(0.5 * sq, 2.0)
+                # 1 - a.b == |a - b|^2 / 2 + 1 - (|a|^2 + |b|^2) / 2. For unit
+                # rows the last terms vanish and |a - b|^2 / 2 keeps its
+                # precision for nearly equal rows, where 1 - a.b does not; for
+                # a zero row (no direction) they make the distance 1.
+                norms = np.einsum("...j,...j->...", A, A) + np.einsum("...j,...j->...", B, B)
+                return np.clip(0.5 * sq + (1.0 - 0.5 * norms), 0.0, 2.0)
             return sq
         np.abs(diff, out=diff)
         if self.name == "manhattan":

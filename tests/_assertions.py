@@ -1,0 +1,48 @@
+"""Comparisons of neighbour results that allow for tied distances."""
+
+import numpy as np
+from numpy.testing import assert_allclose
+
+
+def true_distances(metric, Q, X, ind):
+    """Distances between each query and its returned rows, from differences.
+
+    (scikit-learn's ``pairwise_distances`` uses the expanded Euclidean
+    formula, whose rounding error is larger than what is checked here.)
+    """
+    from scipy.spatial.distance import cdist
+
+    kw = {}
+    if metric.startswith("minkowski"):
+        metric, kw = "minkowski", {"p": float(metric.split(":")[1])}
+    metric = {"manhattan": "cityblock"}.get(metric, metric)
+    return np.array([cdist(Q[i : i + 1], X[ind[i]], metric=metric, **kw)[0] for i in range(len(Q))])
+
+
+def assert_same_neighbors(dist, ind, ref_dist, ref_ind, scale=1.0, names=("skknn", "sklearn")):
+    """Distances allclose; indices equal except among tied distances.
+
+    At the largest returned distance of a row, ties with points beyond the
+    k-th may be broken differently, so only the groups of strictly smaller
+    distances are compared as sets.
+    """
+    msg = f"{names[0]} and {names[1]} disagree"
+    atol = 1e-9 * max(scale, 1.0)
+    assert_allclose(dist, ref_dist, rtol=1e-7, atol=atol, err_msg=msg)
+    for row in range(len(ind)):
+        d = ref_dist[row]
+        for value in np.unique(d):
+            if np.isclose(value, d.max(), rtol=1e-7, atol=atol):
+                continue
+            group = np.isclose(d, value, rtol=1e-7, atol=atol)
+            mine = np.isclose(dist[row], value, rtol=1e-7, atol=atol)
+            assert set(ind[row][mine]) == set(ref_ind[row][group]), (
+                f"{msg} on row {row} at distance {value}: "
+                f"{sorted(ind[row][mine])} vs {sorted(ref_ind[row][group])}"
+            )
+
+
+def recall(ind_dist, ref_dist):
+    from skknn._search import recall_at_k
+
+    return recall_at_k(ind_dist, ref_dist)

@@ -1,0 +1,31 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "quick", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
+
+# Small networks and few epochs: the tests check behaviour, not quality.
+FAST_AE = {"hidden_layer_sizes": (16,), "n_components": 4, "epochs": 3, "batch_size": 64}
+
+
+@pytest.fixture
+def rng():
+    return np.random.RandomState(0)
+
+
+def make_blobs_data(n_samples=600, n_features=12, centers=8, seed=0):
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(
+        n_samples=n_samples, n_features=n_features, centers=centers, cluster_std=1.0,
+        random_state=seed,
+    )
+    return X

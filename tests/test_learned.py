@@ -1,0 +1,403 @@
+"""LearnedNeighbors: exactness, approximation quality, API and bad input."""
+
+import copy
+import io
+import pickle
+import subprocess
+import sys
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy import sparse
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from sklearn.pipeline import make_pipeline
+
+from skknn import AutoencoderEmbedder, LearnedNeighbors
+
+from ._assertions import assert_same_neighbors, true_distances
+from .conftest import FAST_AE, make_blobs_data
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+# (name for skknn, keyword arguments, name for sklearn's pairwise_distances)
+METRICS = [
+    ("euclidean", {}, "euclidean"),
+    ("sqeuclidean", {}, "sqeuclidean"),
+    ("manhattan", {}, "manhattan"),
+    ("cityblock", {}, "cityblock"),
+    ("cosine", {}, "cosine"),
+    ("chebyshev", {}, "chebyshev"),
+    ("minkowski", {"p": 2}, "euclidean"),
+    ("minkowski", {"p": 1}, "manhattan"),
+    ("minkowski", {"p": 3}, "minkowski:3"),
+    ("minkowski", {"p": 1.5}, "minkowski:1.5"),
+]
+
+
+def exact(**kwargs):
+    return LearnedNeighbors(embedder="passthrough", backend="brute", **kwargs)
+
+
+@st.composite
+def search_problems(draw):
+    """Small data, often with duplicate rows and tied distances."""
+    n_features = draw(st.integers(1, 4))
+    n_samples = draw(st.integers(2, 30))
+    n_queries = draw(st.integers(1, 8))
+    if draw(st.booleans()):  # integer grid: many ties and duplicates
+        elements = st.integers(-3, 3).map(float)
+    else:
+        elements = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
+    X = draw(arrays(np.float64, (n_samples, n_features), elements=elements))
+    Q = draw(arrays(np.float64, (n_queries, n_features), elements=elements))
+    k = draw(st.integers(1, n_samples))
+    return X, Q, k
+
+
+@pytest.mark.parametrize("metric, kwargs, ref_name", METRICS)
+@given(problem=search_problems(), query_is_train=st.booleans())
+def test_exact_setting_equals_brute_force(metric, kwargs, ref_name, problem, query_is_train):
+    X, Q, k = problem
+    if metric == "cosine":
+        # Zero vectors have no direction; scikit-learn's cosine is undefined there.
+        X, Q = X[np.abs(X).sum(1) > 0], Q[np.abs(Q).sum(1) > 0]
+        if len(X) < 2 or len(Q) == 0:
+            return
+        k = min(k, len(X))
+    if query_is_train:
+        Q, k = None, min(k, len(X) - 1)
+    ours = exact(n_neighbors=k, metric=metric, **kwargs).fit(X)
+    ref = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=metric, **kwargs).fit(X)
+    dist, ind = ours.kneighbors(Q)
+    ref_dist, ref_ind = ref.kneighbors(Q)
+    assert dist.shape == ref_dist.shape and ind.dtype == ref_ind.dtype
+    assert_same_neighbors(dist, ind, ref_dist, ref_ind, scale=np.abs(X).max())
+    assert ours.recall_ == 1.0
+
+    radius = float(np.median(ref_dist))
+    r_dist, r_ind = ours.radius_neighbors(Q, radius=radius, sort_results=True)
+    ref_r_dist, ref_r_ind = ref.radius_neighbors(Q, radius=radius, sort_results=True)
+    scale = max(np.abs(X).max(), 1.0)
+    for row, (a, b) in enumerate(zip(r_ind, ref_r_ind)):
+        # Points at the radius itself may fall either side by rounding.
+        inside = ref_r_dist[row] < radius - 1e-9 * scale
+        assert set(b[inside]) <= set(a) <= set(b) | set(np.flatnonzero(
+            np.isclose(true_distances(ref_name, Q if Q is not None else X, X,
+                                      np.arange(len(X))[None].repeat(len(r_ind), 0))[row],
+                       radius, rtol=1e-9, atol=1e-9 * scale))), f"radius query, row {row}"
+
+
+def test_exact_with_n_neighbors_equal_to_n_samples_fit(rng):
+    X = rng.randn(12, 3)
+    dist, ind = exact(n_neighbors=12).fit(X).kneighbors(X[:4])
+    ref_dist, ref_ind = NearestNeighbors(n_neighbors=12).fit(X).kneighbors(X[:4])
+    assert_array_equal(ind, ref_ind)
+    # scikit-learn's expanded formula leaves ~1e-8 on self-distances; ours are
+    # computed from differences and are exactly zero.
+    assert_allclose(dist, ref_dist, atol=1e-6)
+    assert np.all(dist[:, 0] == 0.0)
+
+
+def test_x_none_excludes_self_but_not_duplicates():
+    X = np.array([[0.0], [0.0], [1.0], [3.0]])
+    ind = exact(n_neighbors=1).fit(X).kneighbors(return_distance=False)
+    assert_array_equal(ind.ravel(), [1, 0, 0, 2])
+
+
+@pytest.fixture(scope="module")
+def blobs_fit():
+    X = make_blobs_data(n_samples=800, n_features=16, centers=10)
+    X_train, X_test = X[:700], X[700:]
+    nn = LearnedNeighbors(n_neighbors=10, random_state=0).fit(X_train)
+    return nn, X_train, X_test
+
+
+def test_default_reaches_recall_on_clustered_data(blobs_fit):
+    nn, X_train, X_test = blobs_fit
+    dist, ind = nn.kneighbors(X_test)
+    ref_dist, _ = NearestNeighbors(n_neighbors=10).fit(X_train).kneighbors(X_test)
+    from skknn._search import recall_at_k
+
+    assert recall_at_k(dist, ref_dist) >= 0.9
+    assert nn.recall_ >= 0.9
+    assert isinstance(nn.embedder_, AutoencoderEmbedder)
+    assert nn.backend_ == "brute"
+
+
+def test_approximate_invariants(blobs_fit):
+    nn, X_train, X_test = blobs_fit
+    dist, ind = nn.kneighbors(X_test, n_neighbors=7)
+    assert ind.shape == (len(X_test), 7) and ind.dtype == np.intp
+    assert np.all((ind >= 0) & (ind < len(X_train)))
+    assert all(len(set(row)) == 7 for row in ind)
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    assert_allclose(dist, true_distances("euclidean", X_test, X_train, ind), rtol=1e-12)
+
+
+@given(
+    X=arrays(np.float64, (40, 3), elements=st.floats(-50, 50, width=32)),
+    k=st.integers(1, 39),
+)
+def test_approximate_invariants_property(X, k):
+    nn = LearnedNeighbors(n_neighbors=k, embedder=PCA(n_components=1), random_state=0)
+    dist, ind = nn.fit(X).kneighbors()
+    assert np.all((ind >= 0) & (ind < len(X)))
+    assert np.all(ind != np.arange(len(X))[:, None]) or len(np.unique(X, axis=0)) < len(X)
+    assert all(len(set(row)) == k for row in ind)
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    assert_allclose(dist, true_distances("euclidean", X, X, ind), atol=1e-9)
+
+
+def test_more_candidates_never_lowers_recall():
+    X = make_blobs_data(n_samples=600, n_features=10, centers=6, seed=1)
+    recalls = [
+        LearnedNeighbors(embedder=PCA(2), candidates_per_neighbor=c, random_state=0).fit(X).recall_
+        for c in (1, 2, 4, 8, 200)
+    ]
+    assert recalls == sorted(recalls)
+    assert recalls[-1] == 1.0  # every point is a candidate: exact
+
+
+def test_target_recall_picks_the_smallest_effort():
+    X = make_blobs_data(n_samples=600, n_features=10, centers=6, seed=2)
+    nn = LearnedNeighbors(embedder=PCA(2), target_recall=0.97, random_state=0).fit(X)
+    c = nn.search_params_["candidates_per_neighbor"]
+    assert nn.recall_ >= 0.97
+    from skknn._learned import _EFFORT_GRID
+
+    position = _EFFORT_GRID.index(c)
+    if position > 0:
+        smaller = LearnedNeighbors(
+            embedder=PCA(2), candidates_per_neighbor=_EFFORT_GRID[position - 1], random_state=0
+        ).fit(X)
+        assert smaller.recall_ < 0.97
+
+
+def test_target_recall_warns_when_unreachable(monkeypatch):
+    import skknn._learned as learned
+
+    monkeypatch.setattr(learned, "_EFFORT_GRID", (1,))
+    X = make_blobs_data(n_samples=300, n_features=10, centers=3)
+    with pytest.warns(UserWarning, match="target_recall=1.0 was not reached"):
+        nn = LearnedNeighbors(embedder=PCA(1), target_recall=1.0, random_state=0).fit(X)
+    assert nn.recall_ < 1.0
+
+
+def test_radius_neighbors_approximate_is_subset_of_exact(blobs_fit):
+    nn, X_train, X_test = blobs_fit
+    ref = NearestNeighbors().fit(X_train)
+    radius = 4.0
+    dist, ind = nn.radius_neighbors(X_test, radius=radius)
+    ref_dist, ref_ind = ref.radius_neighbors(X_test, radius=radius)
+    for d, i, ri in zip(dist, ind, ref_ind):
+        assert set(i) <= set(ri)
+        assert np.all(d <= radius)
+        assert_array_equal(i, np.sort(i))
+    graph = nn.radius_neighbors_graph(X_test, radius=radius, mode="distance")
+    assert graph.shape == (len(X_test), len(X_train))
+    assert graph.nnz == sum(len(i) for i in ind)
+
+
+def test_graphs_and_transform_follow_kneighbors_transformer(rng):
+    X = rng.randn(50, 4)
+    nn = exact(n_neighbors=3).fit(X)
+    graph = nn.kneighbors_graph(X[:5], mode="distance")
+    dist, ind = nn.kneighbors(X[:5])
+    assert sparse.issparse(graph) and graph.format == "csr" and graph.shape == (5, 50)
+    assert_allclose(graph.toarray()[np.arange(5)[:, None], ind], dist)
+    assert_array_equal(np.asarray(nn.kneighbors_graph(X[:5]).sum(axis=1)).ravel(), [3] * 5)
+    Xt = nn.transform(X)
+    assert Xt.shape == (50, 50) and Xt.getnnz(axis=1).tolist() == [4] * 50
+    conn = exact(n_neighbors=3, mode="connectivity").fit_transform(X)
+    assert conn.getnnz(axis=1).tolist() == [3] * 50
+    with pytest.raises(ValueError, match="Unsupported mode"):
+        nn.kneighbors_graph(mode="weights")
+    with pytest.raises(ValueError, match="sort_results"):
+        nn.radius_neighbors(return_distance=False, sort_results=True)
+
+
+def test_pipeline_with_precomputed_classifier_in_grid_search():
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400], y[:400]
+    pipe = make_pipeline(
+        LearnedNeighbors(n_neighbors=10, embedder=AutoencoderEmbedder(**FAST_AE), random_state=0),
+        KNeighborsClassifier(metric="precomputed"),
+    )
+    grid = GridSearchCV(pipe, {"kneighborsclassifier__n_neighbors": [1, 5]}, cv=3)
+    grid.fit(X, y)
+    assert grid.best_score_ > 0.8
+    assert grid.score(X, y) > 0.8
+
+
+@pytest.fixture(scope="module")
+def small_fit():
+    X = make_blobs_data(n_samples=300, n_features=8)
+    nn = LearnedNeighbors(embedder=AutoencoderEmbedder(**FAST_AE), random_state=0).fit(X)
+    return nn, X
+
+
+def test_pickle_joblib_deepcopy_give_identical_answers(small_fit, tmp_path):
+    nn, X = small_fit
+    expected = nn.kneighbors(X[:40])
+    copies = [pickle.loads(pickle.dumps(nn)), copy.deepcopy(nn)]
+    joblib.dump(nn, tmp_path / "nn.joblib")
+    copies.append(joblib.load(tmp_path / "nn.joblib"))
+    for other in copies:
+        got = other.kneighbors(X[:40])
+        assert_array_equal(got[1], expected[1])
+        assert_array_equal(got[0], expected[0])
+
+
+def test_loads_in_a_fresh_process_without_keras(small_fit, tmp_path):
+    nn, X = small_fit
+    path = tmp_path / "nn.pkl"
+    path.write_bytes(pickle.dumps((nn, X[:30])))
+    code = (
+        "import pickle, sys, numpy as np\n"
+        f"nn, Q = pickle.loads(open({str(path)!r}, 'rb').read())\n"
+        "d, i = nn.kneighbors(Q)\n"
+        "assert 'keras' not in sys.modules and 'jax' not in sys.modules\n"
+        "sys.stdout.buffer.write(pickle.dumps((d, i)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    d, i = pickle.loads(out.stdout)
+    expected = nn.kneighbors(X[:30])
+    assert_array_equal(i, expected[1])
+    assert_array_equal(d, expected[0])
+
+
+def test_same_random_state_same_answers(small_fit):
+    nn, X = small_fit
+    again = clone(nn).fit(X)
+    assert_array_equal(again.kneighbors(X[:50])[1], nn.kneighbors(X[:50])[1])
+    assert again.recall_ == nn.recall_
+
+
+def test_user_embedder_is_cloned_not_modified():
+    X = make_blobs_data(n_samples=200, n_features=6)
+    pca = PCA(n_components=2)
+    nn = LearnedNeighbors(embedder=pca).fit(X)
+    assert not hasattr(pca, "components_")
+    assert nn.embedder_ is not pca and nn.embedder_.n_components_ == 2
+
+
+def test_cosine_embedder_sees_normalised_rows(rng):
+    X = rng.rand(200, 5) + 0.1
+    nn = LearnedNeighbors(metric="cosine", embedder=PCA(2), random_state=0).fit(X)
+    fitted_on = nn.embedder_.inverse_transform(nn.embedder_.transform(X[:1] / np.linalg.norm(X[0])))
+    assert fitted_on.shape == (1, 5)
+    dist, _ = nn.kneighbors(X[:10] * 7.0)  # cosine ignores the scale of the query
+    assert_allclose(dist[:, 0], 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "X, error, match",
+    [
+        (np.array([[0.0, np.nan]] * 5), ValueError, "NaN"),
+        (np.array([[0.0, np.inf]] * 5), ValueError, "infinity"),
+        (np.empty((0, 3)), ValueError, "0 sample"),
+        (sparse.random(10, 4, density=0.5, format="csr", random_state=0), TypeError, "dense"),
+        (np.array([["a", "b"]] * 5, dtype=object), ValueError, "convert"),
+        (np.array([["a", "b"]] * 5), ValueError, "convert"),
+    ],
+)
+def test_bad_training_input(X, error, match):
+    with pytest.raises(error, match=match):
+        exact().fit(X)
+
+
+def test_bad_query_input(rng):
+    nn = exact(n_neighbors=3).fit(rng.randn(10, 3))
+    with pytest.raises(ValueError, match="X has 2 features"):
+        nn.kneighbors(rng.randn(4, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        nn.kneighbors(np.full((2, 3), np.nan))
+    with pytest.raises(ValueError, match="n_neighbors <= n_samples_fit"):
+        nn.kneighbors(rng.randn(2, 3), n_neighbors=11)
+    with pytest.raises(ValueError, match="n_neighbors < n_samples_fit"):
+        nn.kneighbors(n_neighbors=10)
+    with pytest.raises(ValueError, match="Expected n_neighbors > 0"):
+        nn.kneighbors(n_neighbors=0)
+    with pytest.raises(TypeError, match="enter integer value"):
+        nn.kneighbors(n_neighbors=2.5)
+    with pytest.raises(ValueError, match="radius must be a non-negative"):
+        nn.radius_neighbors(radius=-1.0)
+
+
+def test_one_training_sample_behaves_like_sklearn():
+    X = np.array([[1.0, 2.0]])
+    nn = LearnedNeighbors(n_neighbors=1, embedder=AutoencoderEmbedder(**FAST_AE)).fit(X)
+    assert nn.recall_ == 1.0
+    dist, ind = nn.kneighbors([[1.0, 3.0]])
+    assert_array_equal(ind, [[0]])
+    assert_allclose(dist, [[1.0]])
+    with pytest.raises(ValueError, match="n_neighbors < n_samples_fit"):
+        nn.kneighbors()
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"metric": "haversine"}, "metric"),
+        ({"metric": "minkowski", "p": 0.5}, "'p' parameter"),
+        ({"metric_params": {"w": [1, 2]}}, "not used by metric"),
+        ({"backend": "faiss"}, "backend"),
+        ({"candidates_per_neighbor": 0}, "candidates_per_neighbor"),
+        ({"target_recall": 1.5}, "target_recall"),
+        ({"embedder": "pca"}, "embedder"),
+    ],
+)
+def test_bad_parameters(params, match, rng):
+    with pytest.raises(ValueError, match=match):
+        LearnedNeighbors(**params).fit(rng.randn(10, 2))
+
+
+class _SparseEmbedder(PCA):
+    def transform(self, X):
+        return sparse.csr_matrix(super().transform(X))
+
+
+def test_embedder_that_returns_sparse_output_is_rejected(rng):
+    with pytest.raises(ValueError, match="must return a dense 2-D array"):
+        LearnedNeighbors(embedder=_SparseEmbedder(2)).fit(rng.randn(30, 4))
+
+
+def test_verbose_reports_progress(capsys, rng):
+    LearnedNeighbors(embedder=PCA(2), verbose=1).fit(rng.randn(40, 4))
+    out = capsys.readouterr().out
+    assert "[LearnedNeighbors] fitting PCA" in out and "recall@5" in out
+    LearnedNeighbors(embedder=PCA(2)).fit(rng.randn(40, 4))
+    assert capsys.readouterr().out == ""
+
+
+def test_float32_data_stays_float32(rng):
+    X = rng.randn(100, 5).astype(np.float32)
+    dist, ind = exact().fit(X).kneighbors(X[:3])
+    assert dist.dtype == np.float32
+
+
+def test_pynndescent_backend(rng):
+    pytest.importorskip("pynndescent")
+    X = make_blobs_data(n_samples=1500, n_features=10, centers=10)
+    nn = LearnedNeighbors(
+        n_neighbors=5, embedder="passthrough", backend="pynndescent", random_state=0
+    ).fit(X[:1400])
+    assert nn.backend_ == "pynndescent"
+    dist, ind = nn.kneighbors(X[1400:])
+    ref_dist, _ = NearestNeighbors(n_neighbors=5).fit(X[:1400]).kneighbors(X[1400:])
+    from skknn._search import recall_at_k
+
+    assert recall_at_k(dist, ref_dist) >= 0.95 and nn.recall_ >= 0.95
+    again = pickle.loads(pickle.dumps(nn))
+    assert_array_equal(again.kneighbors(X[1400:])[1], ind)

@@ -1,0 +1,142 @@
+"""The shared core: metric resolution and exact chunked search."""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.spatial.distance import cdist
+from sklearn import config_context
+from sklearn.neighbors import NearestNeighbors
+
+from skknn._metrics import SUPPORTED_METRICS, Metric, resolve_metric
+from skknn._search import (
+    candidate_radius,
+    drop_self,
+    exact_kneighbors,
+    exact_radius,
+    recall_at_k,
+    rerank,
+)
+
+
+@pytest.mark.parametrize(
+    "metric, p, params, expected",
+    [
+        ("minkowski", 2, None, Metric("euclidean")),
+        ("minkowski", 1, None, Metric("manhattan")),
+        ("minkowski", np.inf, None, Metric("chebyshev")),
+        ("minkowski", 3, None, Metric("minkowski", 3.0)),
+        ("minkowski", 2, {"p": 1.5}, Metric("minkowski", 1.5)),
+        ("cityblock", 2, None, Metric("manhattan")),
+        ("l2", 2, None, Metric("euclidean")),
+        ("cosine", 2, None, Metric("cosine")),
+    ],
+)
+def test_resolve_metric(metric, p, params, expected):
+    assert resolve_metric(metric, p, params) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"metric": "haversine"}, "Supported metrics are"),
+        ({"metric": "minkowski", "p": 0.5}, "p >= 1"),
+        ({"metric": "euclidean", "metric_params": {"w": 1}}, "not used by metric"),
+        ({"metric": None}, "Supported metrics are"),
+    ],
+)
+def test_resolve_metric_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_metric(**kwargs)
+
+
+@pytest.mark.parametrize("metric", sorted(set(SUPPORTED_METRICS) - {"minkowski"}))
+def test_block_and_paired_agree_with_scipy(metric, rng):
+    m = resolve_metric(metric)
+    A, B = rng.randn(7, 5), rng.randn(9, 5)
+    scipy_name = {"l1": "cityblock", "manhattan": "cityblock", "l2": "euclidean",
+                  "infinity": "chebyshev"}.get(metric, metric)
+    expected = cdist(A, B, metric=scipy_name)
+    got = m.from_ranking(m.block(m.prepare(A), m.prepare(B)))
+    assert_allclose(got, expected, atol=1e-12)
+    pa, pb = m.prepare(A), m.prepare(B)
+    assert_allclose(m.paired(pa[:, None, :], pb[None, :, :]), expected, atol=1e-12)
+
+
+def test_minkowski_paired(rng):
+    m = Metric("minkowski", 3.0)
+    A, B = rng.randn(4, 6), rng.randn(5, 6)
+    assert_allclose(m.paired(A[:, None, :], B[None]), cdist(A, B, "minkowski", p=3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_self_distance_is_zero_at_pixel_scale(dtype, rng):
+    # The expanded formula alone gives ~1e-6 (float64) or ~1 (float32) here.
+    X = (rng.rand(300, 784) * 255).astype(dtype)
+    m = Metric("euclidean")
+    dist, ind = exact_kneighbors(m, X[:50], X, 3)
+    assert_array_equal(ind[:, 0], np.arange(50))
+    assert np.all(dist[:, 0] == 0.0)
+    expected = np.sqrt(((X[:50, None, :].astype(np.float64) - X[ind]) ** 2).sum(-1))
+    assert_allclose(dist, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "manhattan", "cosine", "sqeuclidean"])
+def test_chunked_search_equals_one_block(metric, rng):
+    X, Q = rng.randn(400, 8), rng.randn(120, 8)
+    m = resolve_metric(metric)
+    X, Q = m.prepare(X), m.prepare(Q)
+    full = exact_kneighbors(m, Q, X, 6)
+    # A few kilobytes of working memory forces one query per chunk.
+    with config_context(working_memory=0.01):
+        chunked = exact_kneighbors(m, Q, X, 6, n_jobs=2)
+        radius = exact_radius(m, Q, X, np.median(full[0]), n_jobs=2)
+    assert_array_equal(full[1], chunked[1])
+    assert_allclose(full[0], chunked[0])
+    full_radius = exact_radius(m, Q, X, np.median(full[0]))
+    for a, b in zip(radius[1], full_radius[1]):
+        assert_array_equal(a, b)
+
+
+def test_exact_radius_is_inclusive_and_matches_sklearn(rng):
+    X = rng.randint(0, 3, size=(60, 2)).astype(float)  # many equal distances
+    m = Metric("euclidean")
+    dist, ind = exact_radius(m, X, X, 1.0)
+    nn = NearestNeighbors(radius=1.0, algorithm="brute").fit(X)
+    ref_dist, ref_ind = nn.radius_neighbors(X)
+    for d, i, rd, ri in zip(dist, ind, ref_dist, ref_ind):
+        assert_array_equal(np.sort(i), np.sort(ri))
+        assert np.all(d <= 1.0)
+
+
+def test_rerank_handles_missing_candidates(rng):
+    X, Q = rng.randn(20, 3), rng.randn(2, 3)
+    cand = np.array([[3, 5, -1, 7], [-1, -1, -1, 2]])
+    dist, ind = rerank(Metric("euclidean"), Q, X, cand, 3)
+    assert set(ind[0]) == {3, 5, 7}
+    assert_array_equal(ind[1], [2, -1, -1])
+    assert np.isinf(dist[1, 1:]).all()
+    assert np.all(np.diff(dist[0]) >= 0)
+
+
+def test_candidate_radius_returns_index_order(rng):
+    X = rng.randn(30, 2)
+    m = Metric("euclidean")
+    cand = np.array([[9, 2, 5, -1, 1]])
+    dist, ind = candidate_radius(m, X[:1], X, cand, 10.0)
+    assert_array_equal(ind[0], [1, 2, 5, 9])
+    assert_allclose(dist[0], np.linalg.norm(X[[1, 2, 5, 9]] - X[0], axis=1))
+
+
+def test_drop_self():
+    dist = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]])
+    ind = np.array([[0, 4, 2], [3, 4, 5]])
+    d, i = drop_self(dist, ind, np.array([0, 1]))
+    assert_array_equal(i, [[4, 2], [3, 4]])  # row 1: self absent, last dropped
+    assert_array_equal(d, [[1.0, 2.0], [0.0, 0.0]])
+
+
+def test_recall_counts_ties_as_found():
+    exact = np.array([[1.0, 2.0, 2.0]])
+    assert recall_at_k(np.array([[1.0, 2.0, 2.0]]), exact) == 1.0
+    assert recall_at_k(np.array([[1.0, 2.0, 3.0]]), exact) == pytest.approx(2 / 3)
+    assert recall_at_k(np.empty((0, 3)), np.empty((0, 3))) == 1.0
