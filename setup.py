@@ -34,7 +34,7 @@ setup(
         "bench": ["hnswlib", "faiss-cpu", "matplotlib>=3.6"],
         "lint": ["ruff"],
     },
-    entry_points={"console_scripts": ["skknn=skknn.__main__:main"]},
+    entry_points={"console_scripts": ["skknn=skknn._cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Intended Audience :: Science/Research",

@@ -13,11 +13,11 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from joblib import effective_n_jobs
 from scipy.sparse import csr_matrix
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
-from joblib import effective_n_jobs
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._metrics import SUPPORTED_METRICS, resolve_metric
@@ -107,6 +107,7 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 f"reached: the largest search effort {params} gives recall@{k} = "
                 f"{recall:.4f} on the held-out sample.",
                 UserWarning,
+                stacklevel=2,
             )
         self.search_params_, self.recall_ = params, recall
 

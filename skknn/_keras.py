@@ -58,6 +58,17 @@ def build_mlp(n_inputs, layer_sizes, activations, seed):
     return keras.Sequential(layers)
 
 
+def pairwise_distances(ops, A):
+    """Euclidean distances between the rows of a batch, with ``keras.ops``.
+
+    Squared distances are clamped away from zero before the square root so
+    that the gradient stays finite on the diagonal.
+    """
+    sq = ops.sum(ops.square(A), axis=1)
+    d2 = ops.expand_dims(sq, 1) - 2.0 * ops.matmul(A, ops.transpose(A)) + ops.expand_dims(sq, 0)
+    return ops.sqrt(ops.maximum(d2, 1e-12))
+
+
 class MLPWeights:
     """The weights of a fitted MLP, evaluated with NumPy.
 
@@ -85,10 +96,16 @@ class MLPWeights:
         return self.layers[-1][0].shape[1]
 
     def __call__(self, X):
-        """Forward pass of ``X`` (float32 arithmetic, as in training)."""
-        Z = np.asarray(X, dtype=np.float32)
+        """Forward pass of ``X``, in float64 for float64 input, else float32.
+
+        Float64 input is evaluated in float64 so that a row's output does not
+        depend on which other rows share its batch (float32 matrix products
+        differ at the 1e-7 level between batch shapes).
+        """
+        dtype = np.float64 if np.asarray(X).dtype == np.float64 else np.float32
+        Z = np.asarray(X, dtype=dtype)
         for W, b, act in self.layers:
-            Z = ACTIVATIONS[act](Z @ W + b)
+            Z = ACTIVATIONS[act](Z @ W.astype(dtype, copy=False) + b.astype(dtype, copy=False))
         return Z
 
 
@@ -170,6 +187,7 @@ def train(model, loss, X, Y, *, params, rng, owner):
             f"[{owner}] stopped after epochs={params['epochs']} while {monitor} was "
             "still improving; consider raising epochs.",
             ConvergenceWarning,
+            stacklevel=2,
         )
     model.set_weights(best_weights)
     return history

@@ -16,7 +16,9 @@ def true_distances(metric, Q, X, ind):
     if metric.startswith("minkowski"):
         metric, kw = "minkowski", {"p": float(metric.split(":")[1])}
     metric = {"manhattan": "cityblock"}.get(metric, metric)
-    return np.array([cdist(Q[i : i + 1], X[ind[i]], metric=metric, **kw)[0] for i in range(len(Q))])
+    return np.array(
+        [cdist(Q[i : i + 1], X[ind[i]], metric=metric, **kw)[0] for i in range(len(Q))]
+    )
 
 
 def assert_same_neighbors(dist, ind, ref_dist, ref_ind, scale=1.0, names=("skknn", "sklearn")):

@@ -103,7 +103,7 @@ def test_exact_radius_is_inclusive_and_matches_sklearn(rng):
     dist, ind = exact_radius(m, X, X, 1.0)
     nn = NearestNeighbors(radius=1.0, algorithm="brute").fit(X)
     ref_dist, ref_ind = nn.radius_neighbors(X)
-    for d, i, rd, ri in zip(dist, ind, ref_dist, ref_ind):
+    for d, i, ri in zip(dist, ind, ref_ind):
         assert_array_equal(np.sort(i), np.sort(ri))
         assert np.all(d <= 1.0)
 
