@@ -27,6 +27,7 @@ setup(
         "jax",
         "jaxlib",
         "pynndescent>=0.5.10",
+        "numba>=0.57",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80"],

@@ -48,7 +48,8 @@ def exact_distances(X_train, d_true, ind, X_test):
 
 
 def bench_learned(results, name, embedder, X_train, X_test, k, true_dist, args, backend):
-    nn = LearnedNeighbors(n_neighbors=k, embedder=embedder, backend=backend, random_state=0)
+    nn = LearnedNeighbors(n_neighbors=k, embedder=embedder, backend=backend, random_state=0,
+                          n_jobs=-1)
     _, fit_s = timed(lambda: nn.fit(X_train))
     extra = {"recall_at_fit": nn.recall_}
     if hasattr(nn.embedder_, "n_iter_"):

@@ -124,7 +124,9 @@ class Metric:
                 # rows the last terms vanish and |a - b|^2 / 2 keeps its
                 # precision for nearly equal rows, where 1 - a.b does not; for
                 # a zero row (no direction) they make the distance 1.
-                norms = np.einsum("...j,...j->...", A, A) + np.einsum("...j,...j->...", B, B)
+                norms = np.einsum("...j,...j->...", A, A, dtype=np.float64) + np.einsum(
+                    "...j,...j->...", B, B, dtype=np.float64
+                )
                 return np.clip(0.5 * sq + (1.0 - 0.5 * norms), 0.0, 2.0)
             return sq
         np.abs(diff, out=diff)

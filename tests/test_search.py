@@ -140,3 +140,33 @@ def test_recall_counts_ties_as_found():
     assert recall_at_k(np.array([[1.0, 2.0, 2.0]]), exact) == 1.0
     assert recall_at_k(np.array([[1.0, 2.0, 3.0]]), exact) == pytest.approx(2 / 3)
     assert recall_at_k(np.empty((0, 3)), np.empty((0, 3))) == 1.0
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine", "manhattan",
+                                    "chebyshev", "minkowski"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_kernel_matches_numpy(metric, dtype, rng):
+    from skknn._kernels import candidate_distances
+    from skknn._search import _numpy_candidate_distances
+
+    m = resolve_metric(metric, p=3)
+    X = m.prepare(rng.randn(200, 17).astype(dtype))
+    X[5] = 0.0  # a zero row: cosine distance 1
+    Q = m.prepare(rng.randn(150, 17).astype(dtype))
+    cand = rng.randint(-1, 200, size=(150, 9))
+    compiled = candidate_distances(m, Q, X, cand, n_jobs=2)
+    reference = _numpy_candidate_distances(m, Q, X, cand)
+    assert_allclose(compiled, reference, rtol=1e-12, atol=1e-12)
+    assert np.isinf(compiled[cand < 0]).all()
+
+
+def test_rerank_uses_the_kernel_above_the_threshold(rng, monkeypatch):
+    import skknn._search as search
+
+    X, Q = rng.randn(300, 6), rng.randn(40, 6)
+    cand = np.argsort(rng.rand(40, 300), axis=1)[:, :50]
+    small = rerank(Metric("euclidean"), Q, X, cand, 5)
+    monkeypatch.setattr(search, "_KERNEL_FROM", 1)
+    large = rerank(Metric("euclidean"), Q, X, cand, 5)
+    assert_array_equal(small[1], large[1])
+    assert_allclose(small[0], large[0], rtol=1e-12)
