@@ -21,7 +21,7 @@ from ._search import block_topk, candidate_radius, exact_kneighbors, exact_radiu
 # fitted point (a k-NN graph) costs the same either way near 100k points.
 _PYNNDESCENT_FROM = 100_000
 # Candidates per neighbour tried, in order, by target_recall.
-_EFFORT_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+_EFFORT_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 # pynndescent's search slack (its query ``epsilon``) and graph degree.
 _NNDESCENT_EPSILON = 0.1
 _NNDESCENT_DEGREE = 30
@@ -89,7 +89,8 @@ class LearnedNeighbors(SearchBase):
     random_state : int, RandomState instance or None, default=None
         Seeds the default embedder, the recall sample and pynndescent.
     verbose : int, default=0
-        Progress messages when positive; 2 also shows the embedder's epochs.
+        Progress messages when positive (including the default embedder's
+        epochs); 2 also shows pynndescent's own messages.
 
     Attributes
     ----------
@@ -219,9 +220,7 @@ class LearnedNeighbors(SearchBase):
         if isinstance(self.embedder, str):
             return None
         if self.embedder is None:
-            embedder = AutoencoderEmbedder(
-                random_state=draw_seed(rng), verbose=max(self.verbose - 1, 0)
-            )
+            embedder = AutoencoderEmbedder(random_state=draw_seed(rng), verbose=self.verbose)
         else:
             embedder = clone(self.embedder)
             # As scikit-learn's ensembles do, seed a nested estimator left
@@ -274,8 +273,8 @@ class LearnedNeighbors(SearchBase):
             return block_topk(
                 self._index_metric, Zq, self._Z, n_candidates, self._Z_sqnorm, self._n_jobs
             )[1]
-        ind, _ = self._nndescent.query(Zq, k=n_candidates, epsilon=_NNDESCENT_EPSILON)
-        return ind
+        ind, dist = self._nndescent.query(Zq, k=n_candidates, epsilon=_NNDESCENT_EPSILON)
+        return _valid_candidates(ind, dist)
 
     def _knn(self, Q, k, params):
         if self._exact:
@@ -303,3 +302,19 @@ class LearnedNeighbors(SearchBase):
             if c * self.n_neighbors >= self.n_samples_fit_:
                 break
         return efforts
+
+
+def _valid_candidates(ind, dist):
+    """Mark unfilled pynndescent result slots as missing (-1).
+
+    When its search ends before finding ``k`` points, pynndescent pads the
+    result with a repeated index at infinite distance; re-ranking those would
+    return one point several times.
+    """
+    ind = np.where(np.isfinite(dist), ind, -1).astype(np.intp)
+    order = np.argsort(ind, axis=1, kind="stable")
+    sorted_ind = np.take_along_axis(ind, order, axis=1)
+    repeated = np.zeros_like(sorted_ind, dtype=bool)
+    repeated[:, 1:] = sorted_ind[:, 1:] == sorted_ind[:, :-1]
+    np.put_along_axis(ind, order, np.where(repeated, -1, sorted_ind), axis=1)
+    return ind

@@ -8,7 +8,7 @@ import sys
 import joblib
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numpy.testing import assert_allclose, assert_array_equal
@@ -132,6 +132,26 @@ def test_default_reaches_recall_on_clustered_data(blobs_fit):
     assert nn.backend_ == "brute"
 
 
+@settings(max_examples=4)
+@given(
+    seed=st.integers(0, 2**16),
+    n_features=st.integers(2, 24),
+    centers=st.integers(2, 12),
+    cluster_std=st.floats(0.5, 2.0),
+)
+def test_default_recall_property_on_clustered_data(seed, n_features, centers, cluster_std):
+    from sklearn.datasets import make_blobs
+
+    from skknn._search import recall_at_k
+
+    X, _ = make_blobs(n_samples=700, n_features=n_features, centers=centers,
+                      cluster_std=cluster_std, random_state=seed)
+    nn = LearnedNeighbors(n_neighbors=10, random_state=seed).fit(X[:600])
+    dist, _ = nn.kneighbors(X[600:])
+    ref_dist, _ = NearestNeighbors(n_neighbors=10).fit(X[:600]).kneighbors(X[600:])
+    assert recall_at_k(dist, ref_dist) >= 0.9, "default LearnedNeighbors vs exact search"
+
+
 def test_approximate_invariants(blobs_fit):
     nn, X_train, X_test = blobs_fit
     dist, ind = nn.kneighbors(X_test, n_neighbors=7)
@@ -142,6 +162,7 @@ def test_approximate_invariants(blobs_fit):
     assert_allclose(dist, true_distances("euclidean", X_test, X_train, ind), rtol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # PCA, constant X
 @given(
     X=arrays(np.float64, (40, 3), elements=st.floats(-50, 50, width=32)),
     k=st.integers(1, 39),
@@ -398,3 +419,22 @@ def test_pynndescent_backend(rng):
     assert recall_at_k(dist, ref_dist) >= 0.95 and nn.recall_ >= 0.95
     again = pickle.loads(pickle.dumps(nn))
     assert_array_equal(again.kneighbors(X[1400:])[1], ind)
+
+
+def test_padded_pynndescent_results_are_not_returned_twice():
+    from skknn._learned import _valid_candidates
+
+    ind = np.array([[4, 2, 0, 0, 0], [1, 3, 3, 5, 6]])
+    dist = np.array([[0.1, 0.2, np.inf, np.inf, np.inf], [0.1, 0.2, 0.2, 0.3, 0.4]])
+    assert_array_equal(_valid_candidates(ind, dist), [[4, 2, -1, -1, -1], [1, 3, -1, 5, 6]])
+
+
+def test_rows_short_of_candidates_fall_back_to_exact_search(rng):
+    X = rng.randn(80, 3)
+    nn = LearnedNeighbors(n_neighbors=4, embedder=PCA(2), random_state=0).fit(X)
+    # An index that finds only two candidates per query.
+    nn._candidates = lambda Q, c: np.tile([0, 1] + [-1] * (c - 2), (len(Q), 1))
+    dist, ind = nn.kneighbors(X[:10])
+    ref_dist, ref_ind = NearestNeighbors(n_neighbors=4).fit(X).kneighbors(X[:10])
+    assert_array_equal(ind, ref_ind)
+    assert_allclose(dist, ref_dist, atol=1e-9)
