@@ -5,9 +5,16 @@ Keras, its backend and pynndescent are imported only when first needed, so
 """
 
 from ._autoencoder import AutoencoderEmbedder
+from ._cluster_filtered import ClusterFilteredKNN
 from ._learned import LearnedNeighbors
 from ._metrics import SUPPORTED_METRICS
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["AutoencoderEmbedder", "LearnedNeighbors", "SUPPORTED_METRICS", "__version__"]
+__all__ = [
+    "AutoencoderEmbedder",
+    "ClusterFilteredKNN",
+    "LearnedNeighbors",
+    "SUPPORTED_METRICS",
+    "__version__",
+]

@@ -48,3 +48,14 @@ def recall(ind_dist, ref_dist):
     from skknn._search import recall_at_k
 
     return recall_at_k(ind_dist, ref_dist)
+
+
+def assert_same_radius(dist, ind, ref_dist, ref_ind, radius, scale=1.0):
+    """Radius results agree, except points within rounding of the radius."""
+    tol = 1e-9 * max(scale, 1.0)
+    for row in range(len(ind)):
+        assert np.all(dist[row] <= radius), f"row {row}: a point beyond the radius"
+        mine = set(ind[row])
+        sure = set(ref_ind[row][ref_dist[row] < radius - tol])
+        borderline = set(ind[row][np.abs(dist[row] - radius) <= tol])
+        assert sure <= mine <= set(ref_ind[row]) | borderline, f"radius query, row {row}"

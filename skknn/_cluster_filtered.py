@@ -1,0 +1,449 @@
+"""ClusterFilteredKNN: a learned router over clusters, exact search inside them."""
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import _fit_context
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import SearchBase
+from ._keras import MLPWeights, build_mlp, draw_seed, import_keras, train
+from ._metrics import Metric
+from ._search import (
+    _EXTRA_SELECTED,
+    _block_tolerance,
+    _query_batches,
+    _sorted_topk,
+    _split_rows,
+    block_topk,
+    drop_self,
+    exact_kneighbors,
+    rerank,
+)
+
+# Fitted points up to which plain KMeans partitions the data (MiniBatchKMeans
+# beyond), and up to which the router's soft labels use the exact k-NN graph.
+_FULL_KMEANS_UP_TO = 20_000
+_EXACT_GRAPH_UP_TO = 20_000
+# Share of clusters probed (by centroid) to build the approximate k-NN graph
+# of larger data sets.
+_GRAPH_PROBE_SHARE = 0.1
+_EUCLIDEAN = Metric("euclidean")
+
+
+class ClusterFilteredKNN(SearchBase):
+    """Nearest neighbours searched only in the clusters a router picks.
+
+    A drop-in for :class:`sklearn.neighbors.NearestNeighbors`. The fitted
+    points are partitioned by k-means; for each query, a router ranks the
+    clusters and exact search runs only in the ``n_probe`` best ones. All
+    queries that probe a cluster are searched against it with one distance
+    computation, so work is batched by cluster, not looped per query.
+
+    * ``router='centroid'`` probes the clusters with the nearest centres
+      (an inverted-file index, the baseline).
+    * ``router='mlp'`` (default) is a Keras classifier trained the way Neural
+      LSH (Dong et al., 2020) is: the target of each training point is the
+      distribution of cluster ids among its ``n_label_neighbors`` nearest
+      neighbours, so the router learns where a point's *neighbours* live, not
+      only where the point itself lives.
+
+    With ``n_probe == n_clusters`` the search is exact and equals
+    ``NearestNeighbors(algorithm='brute')``.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=5
+        Number of neighbours for :meth:`kneighbors` and :meth:`transform`.
+    n_clusters : int, default=None
+        Number of k-means clusters; ``ceil(sqrt(n_samples))`` if None.
+    n_probe : int, default=None
+        Clusters searched per query; ``ceil(sqrt(n_clusters))`` if None.
+        Ignored when ``target_recall`` is set.
+    router : {'mlp', 'centroid'}, default='mlp'
+        How clusters are ranked for a query.
+    hidden_layer_sizes : tuple of int, default=(256,)
+        Hidden layers of the 'mlp' router.
+    n_label_neighbors : int, default=10
+        Neighbours whose clusters make each training point's soft label.
+    epochs : int, default=30
+        Maximum training epochs of the 'mlp' router.
+    batch_size : int, default=256
+        Rows per gradient step of the 'mlp' router.
+    learning_rate : float, default=1e-3
+        Adam's step size for the 'mlp' router.
+    validation_fraction : float, default=0.1
+        Rows held out for early stopping of the 'mlp' router.
+    n_iter_no_change : int, default=5
+        Epochs without improvement before the 'mlp' router stops.
+    radius : float, default=1.0
+        Range of :meth:`radius_neighbors` queries by default.
+    metric : str, default='minkowski'
+        One of 'euclidean', 'sqeuclidean', 'manhattan' ('cityblock', 'l1'),
+        'cosine', 'chebyshev', 'minkowski' (with ``p``), 'l2'. With 'cosine'
+        the unit-normalised rows are partitioned.
+    p : float, default=2
+        Power of the Minkowski metric (``p >= 1``).
+    metric_params : dict, default=None
+        Only ``{'p': value}`` for the Minkowski metric.
+    target_recall : float, default=None
+        If set, ``fit`` picks the smallest ``n_probe`` whose recall@n_neighbors
+        on a held-out sample reaches this value.
+    mode : {'distance', 'connectivity'}, default='distance'
+        Edge weights of the graph returned by :meth:`transform`.
+    n_jobs : int, default=None
+        Threads for exact search and re-ranking.
+    random_state : int, RandomState instance or None, default=None
+        Seeds k-means, the router, and the recall sample.
+    verbose : int, default=0
+        Progress messages (and router epochs) when positive.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters_, n_features_in_)
+        The k-means centres (of the normalised rows for cosine).
+    labels_ : ndarray of shape (n_samples_fit_,)
+        Cluster of each fitted row.
+    n_clusters_ : int
+        Number of clusters.
+    history_ : dict of list of float or None
+        Router training losses per epoch; None for the 'centroid' router.
+    n_iter_ : int
+        Router training epochs (0 for the 'centroid' router).
+    recall_ : float
+        Recall@n_neighbors measured at the end of ``fit`` against exact
+        search, on up to 256 training points queried with themselves
+        excluded; from 1,280 fitted points on they are held out of k-means and
+        router training (they stay in the index).
+    search_params_ : dict
+        The search effort in use: ``{'n_probe': n}``.
+    effective_metric_ : str
+        The metric used, after resolving aliases and Minkowski powers.
+    effective_metric_params_ : dict
+        Its parameters.
+    n_samples_fit_ : int
+        Number of fitted points.
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during :term:`fit`, when ``X`` has string
+        column names.
+
+    See Also
+    --------
+    LearnedNeighbors : Search in a learned embedding instead.
+    sklearn.neighbors.NearestNeighbors : Exact search.
+
+    Notes
+    -----
+    ``radius_neighbors`` searches the probed clusters only; it is exact when
+    every cluster is probed.
+
+    References
+    ----------
+    Y. Dong, P. Indyk, I. Razenshteyn, T. Wagner. "Learning Space Partitions
+    for Nearest Neighbor Search". ICLR 2020.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skknn import ClusterFilteredKNN
+    >>> X = np.array([[0., 0.], [1., 0.], [0., 1.], [5., 5.], [6., 5.]])
+    >>> nn = ClusterFilteredKNN(n_neighbors=2, router="centroid", n_clusters=2,
+    ...                         n_probe=2, random_state=0).fit(X)
+    >>> nn.kneighbors([[5.5, 5.]])[1]
+    array([[3, 4]])
+    """
+
+    _parameter_constraints: dict = {
+        **SearchBase._parameter_constraints,
+        "n_clusters": [Interval(Integral, 1, None, closed="left"), None],
+        "n_probe": [Interval(Integral, 1, None, closed="left"), None],
+        "router": [StrOptions({"mlp", "centroid"})],
+        "hidden_layer_sizes": ["array-like"],
+        "n_label_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        n_neighbors=5,
+        *,
+        n_clusters=None,
+        n_probe=None,
+        router="mlp",
+        hidden_layer_sizes=(256,),
+        n_label_neighbors=10,
+        epochs=30,
+        batch_size=256,
+        learning_rate=1e-3,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        radius=1.0,
+        metric="minkowski",
+        p=2,
+        metric_params=None,
+        target_recall=None,
+        mode="distance",
+        n_jobs=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_neighbors = n_neighbors
+        self.n_clusters = n_clusters
+        self.n_probe = n_probe
+        self.router = router
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.n_label_neighbors = n_label_neighbors
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.radius = radius
+        self.metric = metric
+        self.p = p
+        self.metric_params = metric_params
+        self.target_recall = target_recall
+        self.mode = mode
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Partition the data, train the router and index the clusters.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : ClusterFilteredKNN
+            The fitted estimator.
+        """
+        return self._fit(X)
+
+    # ----------------------------------------------------------- the index
+    def _fit_index(self, X, train_rows, rng):
+        n_samples = X.shape[0]
+        n_clusters = self.n_clusters or math.ceil(math.sqrt(n_samples))
+        if n_clusters > len(train_rows):
+            raise ValueError(
+                f"n_clusters={n_clusters} exceeds the {len(train_rows)} samples k-means "
+                f"is fitted on (n_samples={n_samples})."
+            )
+        if self.n_probe is not None and self.n_probe > n_clusters:
+            raise ValueError(
+                f"n_probe={self.n_probe} exceeds n_clusters={n_clusters}; at most every "
+                "cluster can be probed."
+            )
+        self.n_clusters_ = n_clusters
+        self._partition(X, train_rows, rng)
+        self.history_, self.n_iter_, self._router = None, 0, None
+        if self.router == "mlp" and n_clusters > 1:
+            self._train_router(X, train_rows, rng)
+
+    def _partition(self, X, train_rows, rng):
+        kmeans_class = KMeans if len(train_rows) <= _FULL_KMEANS_UP_TO else MiniBatchKMeans
+        self._log(f"{kmeans_class.__name__} into {self.n_clusters_} clusters")
+        kmeans = kmeans_class(self.n_clusters_, n_init=1, random_state=draw_seed(rng))
+        kmeans.fit(X[train_rows])
+        self.cluster_centers_ = kmeans.cluster_centers_.astype(X.dtype)
+        self._centers_sqnorm = np.einsum("ij,ij->i", self.cluster_centers_, self.cluster_centers_)
+        self.labels_ = block_topk(
+            _EUCLIDEAN, X, self.cluster_centers_, 1, self._centers_sqnorm, self._n_jobs
+        )[1][:, 0]
+        # Cluster-contiguous storage: the rows of cluster c are
+        # _Xs[_offsets[c]:_offsets[c + 1]], at original positions _order[...].
+        self._order = np.argsort(self.labels_, kind="stable")
+        self._offsets = np.searchsorted(self.labels_[self._order], np.arange(self.n_clusters_ + 1))
+        self._Xs = self._X[self._order]
+        self._Xs_sqnorm = np.einsum("ij,ij->i", self._Xs, self._Xs)
+
+    def _soft_labels(self, X, rows):
+        """Share of each row's nearest neighbours that lies in each cluster."""
+        m = min(self.n_label_neighbors, self.n_samples_fit_ - 1)
+        if m < 1:
+            return np.eye(self.n_clusters_, dtype=np.float32)[self.labels_[rows]]
+        if self.n_samples_fit_ <= _EXACT_GRAPH_UP_TO:
+            found = exact_kneighbors(self._metric, X[rows], X, m + 1, n_jobs=self._n_jobs)
+        else:
+            n_probe = max(1, math.ceil(_GRAPH_PROBE_SHARE * self.n_clusters_))
+            self._log(f"approximate {m}-NN graph of {len(rows)} rows, {n_probe} clusters each")
+            found = self._probe_knn(X[rows], m + 1, self._centroid_route(X[rows], n_probe))
+        _, neighbors = drop_self(*found, rows)
+        labels = np.zeros((len(rows), self.n_clusters_), dtype=np.float32)
+        np.add.at(labels, (np.arange(len(rows))[:, None], self.labels_[neighbors]), 1.0 / m)
+        return labels
+
+    def _train_router(self, X, train_rows, rng):
+        keras = import_keras()
+        targets = self._soft_labels(X, train_rows)
+        self._router_mean = X[train_rows].mean(axis=0)
+        spread = float(np.sqrt(np.mean(np.square(X[train_rows] - self._router_mean))))
+        self._router_scale = spread if spread > 0 else 1.0
+        hidden = [int(s) for s in np.atleast_1d(self.hidden_layer_sizes)]
+        if any(s < 1 for s in hidden):
+            raise ValueError(
+                f"hidden_layer_sizes must hold positive integers, got {self.hidden_layer_sizes!r}."
+            )
+        model = build_mlp(
+            X.shape[1], hidden + [self.n_clusters_], ["relu"] * len(hidden) + ["linear"],
+            draw_seed(rng),
+        )
+        params = {
+            "epochs": self.epochs, "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate, "validation_fraction": self.validation_fraction,
+            "n_iter_no_change": self.n_iter_no_change, "tol": 1e-4, "verbose": self.verbose,
+        }
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+        self.history_ = train(
+            model, loss, self._router_input(X[train_rows]), targets, params=params, rng=rng,
+            owner=type(self).__name__,
+        )
+        self.n_iter_ = len(self.history_["loss"])
+        self._router = MLPWeights.from_keras(model)
+
+    def _router_input(self, X):
+        return ((X - self._router_mean) / self._router_scale).astype(np.float32)
+
+    # ------------------------------------------------------------- routing
+    def _centroid_route(self, Q, n_probe):
+        return block_topk(
+            _EUCLIDEAN, Q, self.cluster_centers_, n_probe, self._centers_sqnorm, self._n_jobs
+        )[1]
+
+    def _route(self, Q, n_probe):
+        if self._router is None:
+            return self._centroid_route(Q, n_probe)
+        logits = self._router(self._router_input(Q))
+        clusters = np.broadcast_to(np.arange(self.n_clusters_), logits.shape)
+        return _sorted_topk(-logits, clusters, n_probe)[1]
+
+    def route(self, X, n_probe=None):
+        """The clusters each query is sent to, most promising first.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Query points.
+        n_probe : int, default=None
+            Clusters per query; the fitted search effort if None.
+
+        Returns
+        -------
+        clusters : ndarray of shape (n_queries, n_probe)
+            Cluster ids (rows of ``cluster_centers_``).
+        """
+        check_is_fitted(self)
+        n_probe = self.search_params_["n_probe"] if n_probe is None else n_probe
+        if not isinstance(n_probe, Integral) or not 1 <= n_probe <= self.n_clusters_:
+            raise ValueError(
+                f"n_probe must be an integer in [1, n_clusters_={self.n_clusters_}], "
+                f"got {n_probe!r}."
+            )
+        return self._route(self._queries(X), int(n_probe))
+
+    # -------------------------------------------------------------- search
+    def _by_cluster(self, probes):
+        """For each probed cluster: the (query, probe slot) pairs sent to it."""
+        n_queries, n_probe = probes.shape
+        flat = probes.ravel()
+        order = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[order], np.arange(self.n_clusters_ + 1))
+        for c in np.flatnonzero(np.diff(bounds)):
+            lo, hi = self._offsets[c], self._offsets[c + 1]
+            if hi > lo:
+                pairs = order[bounds[c] : bounds[c + 1]]
+                yield lo, hi, pairs // n_probe, pairs % n_probe
+
+    def _probe_knn(self, Q, k, probes):
+        """Top-``k`` of each query among the rows of its probed clusters."""
+        metric = self._metric
+        k_sel = k + _EXTRA_SELECTED if metric.is_dot_product else k
+        n_probe = probes.shape[1]
+        cand_d = np.full((len(Q), n_probe * k_sel), np.inf)
+        cand_i = np.full((len(Q), n_probe * k_sel), -1, dtype=np.intp)
+        for lo, hi, queries, slots in self._by_cluster(probes):
+            kk = min(k_sel, hi - lo)
+            rows = np.broadcast_to(self._order[lo:hi], (1, hi - lo))
+            for batch in _query_batches(len(queries), 3 * (hi - lo) * 8):
+                q, s = queries[batch], slots[batch]
+                D = metric.block(Q[q], self._Xs[lo:hi], self._Xs_sqnorm[lo:hi])
+                d, i = _sorted_topk(D, np.broadcast_to(rows, D.shape), kk)
+                cols = s[:, None] * k_sel + np.arange(kk)
+                cand_d[q[:, None], cols], cand_i[q[:, None], cols] = d, i
+        dist, ind = _sorted_topk(cand_d, cand_i, min(k_sel, cand_d.shape[1]))
+        if not metric.is_dot_product:
+            return dist[:, :k].astype(self._X.dtype), ind[:, :k]
+        return rerank(metric, Q, self._X, ind, k, self._n_jobs)
+
+    def _probe_radius(self, Q, radius, probes):
+        metric = self._metric
+        bound = metric.to_ranking(radius)
+        X_sqmax = self._Xs_sqnorm.max(initial=0.0)
+        found_q, found_i = [], []
+        for lo, hi, queries, _ in self._by_cluster(probes):
+            for batch in _query_batches(len(queries), 3 * (hi - lo) * 8):
+                q = queries[batch]
+                D = metric.block(Q[q], self._Xs[lo:hi], self._Xs_sqnorm[lo:hi])
+                tol = _block_tolerance(metric, Q[q], X_sqmax, self._X.dtype)
+                r, c = np.nonzero(D <= bound + tol)
+                found_q.append(q[r])
+                found_i.append(self._order[lo + c])
+        q = np.concatenate(found_q) if found_q else np.empty(0, dtype=np.intp)
+        i = np.concatenate(found_i) if found_i else np.empty(0, dtype=np.intp)
+        dist = metric.paired(Q[q], self._X[i])
+        keep = dist <= radius
+        q, i, dist = q[keep], i[keep], dist[keep]
+        order = np.lexsort((i, q))
+        return _split_rows(len(Q), q[order], i[order], dist[order])
+
+    def _n_probe(self, params):
+        return min(params["n_probe"], self.n_clusters_)
+
+    def _knn(self, Q, k, params):
+        return self._probe_knn(Q, k, self._route(Q, self._n_probe(params)))
+
+    def _radius(self, Q, radius, params):
+        return self._probe_radius(Q, radius, self._route(Q, self._n_probe(params)))
+
+    def _default_search_params(self):
+        if self.n_probe is not None:
+            return {"n_probe": self.n_probe}
+        return {"n_probe": math.ceil(math.sqrt(self.n_clusters_))}
+
+    def _search_efforts(self):
+        grid = sorted({min(n, self.n_clusters_) for n in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32,
+                                                          48, 64, 96, 128, 192, 256)})
+        grid += [n for n in (self.n_clusters_,) if n > grid[-1]]
+        return [{"n_probe": n} for n in grid]
+
+    def mean_candidates(self, X, n_probe=None):
+        """Mean number of fitted points searched per query (probed cluster sizes).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            Query points.
+        n_probe : int, default=None
+            Clusters per query; the fitted search effort if None.
+
+        Returns
+        -------
+        mean : float
+        """
+        sizes = np.diff(self._offsets)
+        return float(sizes[self.route(X, n_probe)].sum(axis=1).mean())
