@@ -17,7 +17,9 @@ from ._keras import (
     ACTIVATIONS,
     MLPWeights,
     build_mlp,
+    check_hidden_sizes,
     draw_seed,
+    fit_scaling,
     import_keras,
     pairwise_distances,
     train,
@@ -153,14 +155,6 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.random_state = random_state
         self.verbose = verbose
 
-    def _hidden_sizes(self):
-        sizes = [int(s) for s in np.atleast_1d(self.hidden_layer_sizes)]
-        if any(s < 1 for s in sizes):
-            raise ValueError(
-                f"hidden_layer_sizes must hold positive integers, got {self.hidden_layer_sizes!r}."
-            )
-        return sizes
-
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Train the autoencoder on ``X``.
@@ -178,13 +172,9 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             The fitted embedder.
         """
         X = validate_data(self, X, dtype=[np.float64, np.float32])
-        hidden = self._hidden_sizes()
+        hidden = check_hidden_sizes(self.hidden_layer_sizes)
         rng = check_random_state(self.random_state)
-        self.mean_ = X.mean(axis=0)
-        # One scale for all features keeps the Euclidean geometry of the data
-        # (per-feature scaling would blow up near-constant features).
-        spread = float(np.sqrt(np.mean(np.square(X - self.mean_))))
-        self.scale_ = spread if spread > 0 else 1.0
+        self.mean_, self.scale_ = fit_scaling(X)
         Xs = self._standardise(X).astype(np.float32)
 
         keras = import_keras()

@@ -10,7 +10,15 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import SearchBase
-from ._keras import MLPWeights, build_mlp, draw_seed, import_keras, train
+from ._keras import (
+    MLPWeights,
+    build_mlp,
+    check_hidden_sizes,
+    draw_seed,
+    fit_scaling,
+    import_keras,
+    train,
+)
 from ._metrics import Metric
 from ._search import (
     _EXTRA_SELECTED,
@@ -290,15 +298,9 @@ class ClusterFilteredKNN(SearchBase):
 
     def _train_router(self, X, train_rows, rng):
         keras = import_keras()
+        hidden = check_hidden_sizes(self.hidden_layer_sizes)
         targets = self._soft_labels(X, train_rows)
-        self._router_mean = X[train_rows].mean(axis=0)
-        spread = float(np.sqrt(np.mean(np.square(X[train_rows] - self._router_mean))))
-        self._router_scale = spread if spread > 0 else 1.0
-        hidden = [int(s) for s in np.atleast_1d(self.hidden_layer_sizes)]
-        if any(s < 1 for s in hidden):
-            raise ValueError(
-                f"hidden_layer_sizes must hold positive integers, got {self.hidden_layer_sizes!r}."
-            )
+        self._router_mean, self._router_scale = fit_scaling(X[train_rows])
         model = build_mlp(
             X.shape[1], hidden + [self.n_clusters_], ["relu"] * len(hidden) + ["linear"],
             draw_seed(rng),

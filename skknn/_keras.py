@@ -43,6 +43,27 @@ def draw_seed(rng):
     return int(rng.randint(_MAX_SEED))
 
 
+def check_hidden_sizes(hidden_layer_sizes):
+    """The hidden layer widths as a list of positive ints, or a ValueError."""
+    sizes = [int(s) for s in np.atleast_1d(hidden_layer_sizes)]
+    if any(s < 1 for s in sizes):
+        raise ValueError(
+            f"hidden_layer_sizes must hold positive integers, got {hidden_layer_sizes!r}."
+        )
+    return sizes
+
+
+def fit_scaling(X):
+    """Per-feature mean and one overall scale for a network's inputs.
+
+    One scale for all features keeps the Euclidean geometry of the data
+    (per-feature scaling would blow up near-constant features).
+    """
+    mean = X.mean(axis=0)
+    spread = float(np.sqrt(np.mean(np.square(X - mean))))
+    return mean, (spread if spread > 0 else 1.0)
+
+
 def build_mlp(n_inputs, layer_sizes, activations, seed):
     """A Keras ``Sequential`` of ``Dense`` layers with seeded initialisers."""
     keras = import_keras()
