@@ -74,7 +74,7 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     Attributes
     ----------
-    mean_ : ndarray of shape (n_features_in_,)
+    mean_ : ndarray of shape (`n_features_in_`,)
         Per-feature mean used for standardisation.
     scale_ : float
         Overall standard deviation used for standardisation (1 for constant
@@ -84,9 +84,9 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     n_iter_ : int
         Number of epochs run.
     n_features_in_ : int
-        Number of features seen during :term:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
-        Names of features seen during :term:`fit`, when ``X`` has string
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during ``fit``, when ``X`` has string
         column names.
 
     See Also
@@ -226,27 +226,27 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         return self._encoder(self._standardise(X))
 
-    def inverse_transform(self, Z):
+    def inverse_transform(self, X):
         """Decode codes back to the input space.
 
         Parameters
         ----------
-        Z : array-like of shape (n_samples, n_components)
+        X : array-like of shape (n_samples, n_components)
             Codes, e.g. from :meth:`transform`.
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_)
+        X_original : ndarray of shape (n_samples, `n_features_in_`)
             Reconstructions in the original units.
         """
         check_is_fitted(self)
-        Z = check_array(Z, dtype=[np.float32, np.float64])
-        if Z.shape[1] != self.n_components:
+        X = check_array(X, dtype=[np.float64, np.float32])
+        if X.shape[1] != self.n_components:
             raise ValueError(
-                f"Z has {Z.shape[1]} features, but {type(self).__name__} decodes "
-                f"codes of n_components={self.n_components} features."
+                f"X has {X.shape[1]} features, but {type(self).__name__}.inverse_transform "
+                f"decodes codes of n_components={self.n_components} features."
             )
-        return self._decoder(Z) * self.scale_ + self.mean_
+        return self._decoder(X) * self.scale_ + self.mean_
 
     @property
     def _n_features_out(self):

@@ -111,9 +111,9 @@ class ClusterFilteredKNN(SearchBase):
 
     Attributes
     ----------
-    cluster_centers_ : ndarray of shape (n_clusters_, n_features_in_)
+    cluster_centers_ : ndarray of shape (`n_clusters_`, `n_features_in_`)
         The k-means centres (of the normalised rows for cosine).
-    labels_ : ndarray of shape (n_samples_fit_,)
+    labels_ : ndarray of shape (`n_samples_fit_`,)
         Cluster of each fitted row.
     n_clusters_ : int
         Number of clusters.
@@ -135,9 +135,9 @@ class ClusterFilteredKNN(SearchBase):
     n_samples_fit_ : int
         Number of fitted points.
     n_features_in_ : int
-        Number of features seen during :term:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
-        Names of features seen during :term:`fit`, when ``X`` has string
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during ``fit``, when ``X`` has string
         column names.
 
     See Also

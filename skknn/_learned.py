@@ -113,9 +113,9 @@ class LearnedNeighbors(SearchBase):
     n_samples_fit_ : int
         Number of fitted points.
     n_features_in_ : int
-        Number of features seen during :term:`fit`.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
-        Names of features seen during :term:`fit`, when ``X`` has string
+        Number of features seen during ``fit``.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during ``fit``, when ``X`` has string
         column names.
 
     See Also
