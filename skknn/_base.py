@@ -62,7 +62,6 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self.effective_metric_ = self._metric.sklearn_name
         self.effective_metric_params_ = self._metric.sklearn_params
         self.n_samples_fit_ = X.shape[0]
-        self._fit_X = X
         self._X = self._metric.prepare(X)
         self._n_jobs = effective_n_jobs(self.n_jobs)
         rng = check_random_state(self.random_state)

@@ -273,8 +273,14 @@ class ClusterFilteredKNN(SearchBase):
         self.labels_ = block_topk(
             _EUCLIDEAN, X, self.cluster_centers_, 1, self._centers_sqnorm, self._n_jobs
         )[1][:, 0]
-        # Cluster-contiguous storage: the rows of cluster c are
-        # _Xs[_offsets[c]:_offsets[c + 1]], at original positions _order[...].
+        self._store_by_cluster()
+
+    def _store_by_cluster(self):
+        """Cluster-contiguous storage of the rows, from ``labels_``.
+
+        The rows of cluster c are ``_Xs[_offsets[c]:_offsets[c + 1]]``, at
+        original positions ``_order[_offsets[c]:_offsets[c + 1]]``.
+        """
         self._order = np.argsort(self.labels_, kind="stable")
         self._offsets = np.searchsorted(self.labels_[self._order], np.arange(self.n_clusters_ + 1))
         self._Xs = self._X[self._order]
@@ -360,34 +366,35 @@ class ClusterFilteredKNN(SearchBase):
 
     # -------------------------------------------------------------- search
     def _by_cluster(self, probes):
-        """For each probed cluster: the (query, probe slot) pairs sent to it."""
-        n_queries, n_probe = probes.shape
+        """For each probed, non-empty cluster: its rows and the queries sent to it.
+
+        Yields ``(lo, hi, queries)`` with the cluster's rows at
+        ``_Xs[lo:hi]``, in batches of queries that fit in working memory.
+        """
+        n_probe = probes.shape[1]
         flat = probes.ravel()
         order = np.argsort(flat, kind="stable")
         bounds = np.searchsorted(flat[order], np.arange(self.n_clusters_ + 1))
         for c in np.flatnonzero(np.diff(bounds)):
             lo, hi = self._offsets[c], self._offsets[c + 1]
             if hi > lo:
-                pairs = order[bounds[c] : bounds[c + 1]]
-                yield lo, hi, pairs // n_probe, pairs % n_probe
+                queries = order[bounds[c] : bounds[c + 1]] // n_probe
+                for batch in _query_batches(len(queries), 3 * (hi - lo) * 8):
+                    yield lo, hi, queries[batch]
 
     def _probe_knn(self, Q, k, probes):
         """Top-``k`` of each query among the rows of its probed clusters."""
         metric = self._metric
         k_sel = k + _EXTRA_SELECTED if metric.is_dot_product else k
-        n_probe = probes.shape[1]
-        cand_d = np.full((len(Q), n_probe * k_sel), np.inf)
-        cand_i = np.full((len(Q), n_probe * k_sel), -1, dtype=np.intp)
-        for lo, hi, queries, slots in self._by_cluster(probes):
-            kk = min(k_sel, hi - lo)
-            rows = np.broadcast_to(self._order[lo:hi], (1, hi - lo))
-            for batch in _query_batches(len(queries), 3 * (hi - lo) * 8):
-                q, s = queries[batch], slots[batch]
-                D = metric.block(Q[q], self._Xs[lo:hi], self._Xs_sqnorm[lo:hi])
-                d, i = _sorted_topk(D, np.broadcast_to(rows, D.shape), kk)
-                cols = s[:, None] * k_sel + np.arange(kk)
-                cand_d[q[:, None], cols], cand_i[q[:, None], cols] = d, i
-        dist, ind = _sorted_topk(cand_d, cand_i, min(k_sel, cand_d.shape[1]))
+        # A running top-k_sel per query, merged cluster by cluster, keeps
+        # memory at O(n_queries * k) whatever the number of probes.
+        dist = np.full((len(Q), k_sel), np.inf)
+        ind = np.full((len(Q), k_sel), -1, dtype=np.intp)
+        for lo, hi, q in self._by_cluster(probes):
+            D = metric.block(Q[q], self._Xs[lo:hi], self._Xs_sqnorm[lo:hi])
+            rows = np.broadcast_to(self._order[lo:hi], D.shape)
+            d, i = _sorted_topk(D, rows, min(k_sel, hi - lo))
+            dist[q], ind[q] = _sorted_topk(np.hstack([dist[q], d]), np.hstack([ind[q], i]), k_sel)
         if not metric.is_dot_product:
             return dist[:, :k].astype(self._X.dtype), ind[:, :k]
         return rerank(metric, Q, self._X, ind, k, self._n_jobs)
@@ -397,14 +404,12 @@ class ClusterFilteredKNN(SearchBase):
         bound = metric.to_ranking(radius)
         X_sqmax = self._Xs_sqnorm.max(initial=0.0)
         found_q, found_i = [], []
-        for lo, hi, queries, _ in self._by_cluster(probes):
-            for batch in _query_batches(len(queries), 3 * (hi - lo) * 8):
-                q = queries[batch]
-                D = metric.block(Q[q], self._Xs[lo:hi], self._Xs_sqnorm[lo:hi])
-                tol = _block_tolerance(metric, Q[q], X_sqmax, self._X.dtype)
-                r, c = np.nonzero(D <= bound + tol)
-                found_q.append(q[r])
-                found_i.append(self._order[lo + c])
+        for lo, hi, q in self._by_cluster(probes):
+            D = metric.block(Q[q], self._Xs[lo:hi], self._Xs_sqnorm[lo:hi])
+            tol = _block_tolerance(metric, Q[q], X_sqmax, self._X.dtype)
+            r, c = np.nonzero(D <= bound + tol)
+            found_q.append(q[r])
+            found_i.append(self._order[lo + c])
         q = np.concatenate(found_q) if found_q else np.empty(0, dtype=np.intp)
         i = np.concatenate(found_i) if found_i else np.empty(0, dtype=np.intp)
         dist = metric.paired(Q[q], self._X[i])
