@@ -15,10 +15,11 @@ from ._search import block_topk, candidate_radius, exact_kneighbors, exact_radiu
 
 # Fitted points from which backend='auto' builds a pynndescent graph instead
 # of brute-force search of the embedding. Measured on Fashion-MNIST codes
-# (32-d, 2 cores): brute force answers ~3,300 queries/s at 60k points and
-# slows linearly with n; pynndescent answers 13-25k/s but costs ~30 s of numba
-# compilation per process plus ~0.1 ms per point to build. Querying every
-# fitted point (a k-NN graph) costs the same either way near 100k points.
+# (32-d, 2 cores): brute force answers ~4,500 queries/s at 60k points and
+# slows linearly with n; pynndescent answers 14-30k/s but costs ~21 s of numba
+# start-up per process (measured with its cache warm) plus ~0.07 ms per point
+# to build. Querying every fitted point (a k-NN graph) costs about the same
+# either way at 85-100k points.
 _PYNNDESCENT_FROM = 100_000
 # Candidates per neighbour tried, in order, by target_recall.
 _EFFORT_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -64,7 +65,7 @@ class LearnedNeighbors(SearchBase):
         Candidate search in the embedded space: exact brute force, or an
         approximate pynndescent graph. 'auto' uses brute force below 100,000
         fitted points, where it is faster than paying pynndescent's one-off
-        compilation (~30 s per process) and graph construction.
+        start-up (~20 s per process) and graph construction.
     candidates_per_neighbor : int, default=10
         Candidates re-ranked per requested neighbour (capped at the number of
         fitted points). More candidates: higher recall, slower queries.
