@@ -21,15 +21,25 @@ def true_distances(metric, Q, X, ind):
     )
 
 
+def reference_tolerance(scale):
+    """Absolute error of scikit-learn's brute-force distances near zero.
+
+    It uses |a|^2 - 2 a.b + |b|^2, whose rounding error (~eps * scale^2) the
+    square root turns into ~sqrt(eps) * scale, with ``scale`` the largest row
+    norm. (skknn's own distances come from differences and are exact there.)
+    """
+    return 4 * np.sqrt(np.finfo(np.float64).eps) * max(scale, 1.0)
+
+
 def assert_same_neighbors(dist, ind, ref_dist, ref_ind, scale=1.0, names=("skknn", "sklearn")):
     """Distances allclose; indices equal except among tied distances.
 
     At the largest returned distance of a row, ties with points beyond the
     k-th may be broken differently, so only the groups of strictly smaller
-    distances are compared as sets.
+    distances are compared as sets. ``scale`` is the largest row norm.
     """
     msg = f"{names[0]} and {names[1]} disagree"
-    atol = 1e-9 * max(scale, 1.0)
+    atol = reference_tolerance(scale)
     assert_allclose(dist, ref_dist, rtol=1e-7, atol=atol, err_msg=msg)
     for row in range(len(ind)):
         d = ref_dist[row]
@@ -52,7 +62,7 @@ def recall(ind_dist, ref_dist):
 
 def assert_same_radius(dist, ind, ref_dist, ref_ind, radius, scale=1.0):
     """Radius results agree, except points within rounding of the radius."""
-    tol = 1e-9 * max(scale, 1.0)
+    tol = reference_tolerance(scale)
     for row in range(len(ind)):
         assert np.all(dist[row] <= radius), f"row {row}: a point beyond the radius"
         mine = set(ind[row])

@@ -42,13 +42,14 @@ def test_probing_every_cluster_is_exact(metric, kwargs, ref_name, problem, query
         hidden_layer_sizes=(4,), metric=metric, random_state=0, **kwargs,
     ).fit(X)
     ref = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=metric, **kwargs).fit(X)
+    scale = np.linalg.norm(X if Q is None else np.vstack([X, Q]), axis=1).max()
     dist, ind = ours.kneighbors(Q)
     ref_dist, ref_ind = ref.kneighbors(Q)
-    assert_same_neighbors(dist, ind, ref_dist, ref_ind, scale=np.abs(X).max(),
+    assert_same_neighbors(dist, ind, ref_dist, ref_ind, scale=scale,
                           names=("ClusterFilteredKNN(n_probe=n_clusters)", "brute force"))
     radius = float(np.median(ref_dist))
     assert_same_radius(*ours.radius_neighbors(Q, radius=radius),
-                       *ref.radius_neighbors(Q, radius=radius), radius, np.abs(X).max())
+                       *ref.radius_neighbors(Q, radius=radius), radius, scale)
 
 
 @pytest.fixture(scope="module")

@@ -76,17 +76,17 @@ def test_exact_setting_equals_brute_force(metric, kwargs, ref_name, problem, que
         Q, k = None, min(k, len(X) - 1)
     ours = exact(n_neighbors=k, metric=metric, **kwargs).fit(X)
     ref = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=metric, **kwargs).fit(X)
+    scale = np.linalg.norm(X if Q is None else np.vstack([X, Q]), axis=1).max()
     dist, ind = ours.kneighbors(Q)
     ref_dist, ref_ind = ref.kneighbors(Q)
     assert dist.shape == ref_dist.shape and ind.dtype == ref_ind.dtype
-    assert_same_neighbors(dist, ind, ref_dist, ref_ind, scale=np.abs(X).max())
+    assert_same_neighbors(dist, ind, ref_dist, ref_ind, scale=scale)
     assert ours.recall_ == 1.0
 
     radius = float(np.median(ref_dist))
     r_dist, r_ind = ours.radius_neighbors(Q, radius=radius, sort_results=True)
     assert all(np.all(np.diff(d) >= 0) for d in r_dist)
-    assert_same_radius(r_dist, r_ind, *ref.radius_neighbors(Q, radius=radius), radius,
-                       np.abs(X).max())
+    assert_same_radius(r_dist, r_ind, *ref.radius_neighbors(Q, radius=radius), radius, scale)
 
 
 def test_exact_with_n_neighbors_equal_to_n_samples_fit(rng):
