@@ -8,6 +8,7 @@ from ._autoencoder import AutoencoderEmbedder
 from ._cluster_filtered import ClusterFilteredKNN
 from ._learned import LearnedNeighbors
 from ._metrics import SUPPORTED_METRICS
+from ._triplet import TripletEmbedder
 
 __version__ = "0.1.0.dev0"
 
@@ -16,5 +17,6 @@ __all__ = [
     "ClusterFilteredKNN",
     "LearnedNeighbors",
     "SUPPORTED_METRICS",
+    "TripletEmbedder",
     "__version__",
 ]

@@ -139,7 +139,7 @@ def _split_validation(n_samples, validation_fraction, rng):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def train(model, loss, X, Y, *, params, rng, owner):
+def train(model, loss, X, Y, *, params, rng, owner, batch_order=None):
     """Train ``model`` with Adam, seeded shuffling and early stopping.
 
     Parameters
@@ -156,6 +156,11 @@ def train(model, loss, X, Y, *, params, rng, owner):
         Source of the validation split and the per-epoch shuffles.
     owner : str
         Name used as the ``[owner]`` prefix of progress messages and warnings.
+    batch_order : callable, default=None
+        ``batch_order(rows, rng)`` returns the order in which to visit
+        ``rows`` in an epoch, consecutive ``batch_size`` slices forming the
+        batches (e.g. P classes x K examples). A random permutation if None;
+        validation rows are ordered once the same way.
 
     Returns
     -------
@@ -169,16 +174,20 @@ def train(model, loss, X, Y, *, params, rng, owner):
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=params["learning_rate"]), loss=loss
     )
+    if batch_order is None:
+        def batch_order(rows, rng):
+            return rows[rng.permutation(len(rows))]
+    val_rows = batch_order(val_rows, rng) if len(val_rows) else val_rows
     validation = (X[val_rows], Y[val_rows]) if len(val_rows) else None
     monitor = "val_loss" if validation is not None else "loss"
     history = {"loss": []} if validation is None else {"loss": [], "val_loss": []}
     best, best_weights, stale = np.inf, None, 0
     for epoch in range(params["epochs"]):
         tic = time.perf_counter()
-        order = train_rows[rng.permutation(len(train_rows))]
+        order = batch_order(train_rows, rng)
         logs = model.fit(
             X[order], Y[order], batch_size=batch_size, epochs=1, shuffle=False,
-            validation_data=validation, verbose=0,
+            validation_data=validation, validation_batch_size=batch_size, verbose=0,
         ).history
         for key in history:
             history[key].append(float(logs[key][-1]))

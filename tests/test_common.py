@@ -5,7 +5,7 @@ import warnings
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skknn import AutoencoderEmbedder, ClusterFilteredKNN, LearnedNeighbors
+from skknn import AutoencoderEmbedder, ClusterFilteredKNN, LearnedNeighbors, TripletEmbedder
 
 FAST = {"hidden_layer_sizes": (8,), "n_components": 3, "epochs": 2, "batch_size": 32}
 
@@ -15,6 +15,8 @@ ESTIMATORS = [
     LearnedNeighbors(embedder="passthrough", backend="brute"),
     ClusterFilteredKNN(hidden_layer_sizes=(8,), epochs=2, batch_size=32, random_state=0),
     ClusterFilteredKNN(router="centroid", random_state=0),
+    TripletEmbedder(hidden_layer_sizes=(8,), n_components=3, epochs=2, batch_size=16,
+                    random_state=0),
 ]
 
 
