@@ -30,7 +30,7 @@ from ._keras import (
 MINERS = ("batch_hard", "semi_hard", "batch_all")
 
 
-def mine(ops, D, labels, miner, margin):
+def mine(ops, D, labels, miner, margin, max_positives=None):
     """Triplet losses of one batch, with ``keras.ops``.
 
     Parameters
@@ -45,15 +45,20 @@ def mine(ops, D, labels, miner, margin):
         * 'batch_hard': per anchor, its farthest positive and nearest negative.
         * 'semi_hard': per (anchor, positive) pair, the nearest negative farther
           than the positive (FaceNet); the farthest negative if none is.
-        * 'batch_all': every valid (anchor, positive, negative) triplet,
-          averaged over those with a positive loss.
+        * 'batch_all': every valid (anchor, positive, negative) triplet.
     margin : float
+    max_positives : int, default=None
+        Positives per anchor considered by 'semi_hard' and 'batch_all' (all if
+        None). With P x K batches, ``K - 1`` covers them all and shrinks the
+        (anchor, positive, negative) tensors from ``b**3`` to
+        ``b * (K - 1) * b``.
 
     Returns
     -------
     losses : tensor
-        The losses of the mined triplets (per anchor, per positive pair, or
-        per triplet); entries that are not valid triplets are zero.
+        Per anchor (batch_hard), per (anchor, positive slot) (semi_hard), or
+        per (anchor, positive slot, negative) (batch_all); zero where the entry
+        is not a valid triplet.
     valid : tensor of the same shape
         1 where the entry is a valid triplet, else 0.
     """
@@ -62,31 +67,30 @@ def mine(ops, D, labels, miner, margin):
     positive = same * (1.0 - ops.eye(b, dtype=D.dtype))
     negative = 1.0 - same
     big = ops.max(D) + margin + 1.0
+    has_negative = ops.cast(ops.sum(negative, axis=1) > 0, D.dtype)
     if miner == "batch_hard":
         hardest_pos = ops.max(D * positive, axis=1)
         hardest_neg = ops.min(D + big * (1.0 - negative), axis=1)
-        valid = ops.cast(
-            (ops.sum(positive, axis=1) > 0) & (ops.sum(negative, axis=1) > 0), D.dtype
-        )
+        valid = ops.cast(ops.sum(positive, axis=1) > 0, D.dtype) * has_negative
         return ops.relu(hardest_pos - hardest_neg + margin) * valid, valid
+    # Each anchor's positives, as (b, m) slots: distance and validity.
+    m = b if max_positives is None else min(max_positives, b)
+    _, slots = ops.top_k(positive, m)
+    d_ap = ops.take_along_axis(D, slots, axis=1)
+    valid_ap = ops.take_along_axis(positive, slots, axis=1) * ops.expand_dims(has_negative, 1)
+    d_an = ops.expand_dims(D, 1)  # (b, 1, b): anchor, -, negative
+    neg = ops.expand_dims(negative, 1)
     if miner == "semi_hard":
-        # d_an for every (a, p, n): rows a, then p, then n.
-        d_ap = ops.expand_dims(D, 2)
-        d_an = ops.expand_dims(D, 1)
-        neg = ops.expand_dims(negative, 1)
-        farther = neg * ops.cast(d_an > d_ap, D.dtype)
+        farther = neg * ops.cast(d_an > ops.expand_dims(d_ap, 2), D.dtype)
         nearest_farther = ops.min(d_an + big * (1.0 - farther), axis=2)
         farthest = ops.max(d_an * neg, axis=2)
-        has_farther = ops.sum(farther, axis=2) > 0
-        chosen = ops.where(has_farther, nearest_farther, farthest)
-        valid = positive * ops.cast(ops.sum(negative, axis=1, keepdims=True) > 0, D.dtype)
-        return ops.relu(D - chosen + margin) * valid, valid
-    valid = ops.expand_dims(positive, 2) * ops.expand_dims(negative, 1)
-    losses = ops.relu(ops.expand_dims(D, 2) - ops.expand_dims(D, 1) + margin) * valid
-    return losses, valid
+        chosen = ops.where(ops.sum(farther, axis=2) > 0, nearest_farther, farthest)
+        return ops.relu(d_ap - chosen + margin) * valid_ap, valid_ap
+    valid = ops.expand_dims(valid_ap, 2) * neg
+    return ops.relu(ops.expand_dims(d_ap, 2) - d_an + margin) * valid, valid
 
 
-def _triplet_loss(miner, margin, normalize):
+def _triplet_loss(miner, margin, normalize, max_positives=None):
     """A Keras loss: the mean of the mined triplet losses of the batch."""
     ops = import_keras().ops
 
@@ -94,7 +98,9 @@ def _triplet_loss(miner, margin, normalize):
         if normalize:
             y_pred = y_pred / ops.sqrt(ops.sum(ops.square(y_pred), axis=1, keepdims=True) + 1e-12)
         labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
-        losses, valid = mine(ops, pairwise_distances(ops, y_pred), labels, miner, margin)
+        losses, valid = mine(
+            ops, pairwise_distances(ops, y_pred), labels, miner, margin, max_positives
+        )
         if miner == "batch_all":
             valid = ops.cast(losses > 1e-16, losses.dtype)
         value = ops.sum(losses) / ops.maximum(ops.sum(valid), 1.0)
@@ -289,7 +295,9 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             "n_iter_no_change": self.n_iter_no_change, "tol": self.tol, "verbose": self.verbose,
         }
         self.history_ = train(
-            model, _triplet_loss(self.miner, self.margin, self.normalize), Xs,
+            model,
+            _triplet_loss(self.miner, self.margin, self.normalize, self.samples_per_class - 1),
+            Xs,
             codes.astype(np.float32), params=params, rng=rng, owner=type(self).__name__,
             batch_order=lambda rows, rng: _pk_order(rows, codes, self.samples_per_class, rng),
         )
