@@ -49,9 +49,11 @@ def mine(ops, D, labels, miner, margin, max_positives=None):
     margin : float
     max_positives : int, default=None
         Positives per anchor considered by 'semi_hard' and 'batch_all' (all if
-        None). With P x K batches, ``K - 1`` covers them all and shrinks the
-        (anchor, positive, negative) tensors from ``b**3`` to
-        ``b * (K - 1) * b``.
+        None). The estimator passes ``K - 1``: all of them when each class fills
+        one group of K in the batch, a subset when a class fills several (few
+        classes, large batches). It shrinks the (anchor, positive, negative)
+        tensors from ``b**3`` to ``b * (K - 1) * b``: on Fashion-MNIST one
+        semi-hard fit went from over 4 minutes to 14 s.
 
     Returns
     -------
@@ -125,17 +127,23 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     ----------
     n_components : int, default=32
         Dimension of the embedding.
-    hidden_layer_sizes : tuple of int, default=(256,)
+    hidden_layer_sizes : tuple of int, default=(512, 256)
         Widths of the hidden layers.
-    miner : {'batch_hard', 'semi_hard', 'batch_all'}, default='batch_hard'
-        How triplets are mined in a batch (see :func:`skknn._triplet.mine`).
+    miner : {'semi_hard', 'batch_hard', 'batch_all'}, default='semi_hard'
+        How triplets are mined in a batch: per (anchor, positive) pair the
+        nearest negative farther than the positive ('semi_hard', FaceNet), per
+        anchor its farthest positive and nearest negative ('batch_hard'), or
+        every valid triplet, averaged over those with a positive loss
+        ('batch_all'). On Fashion-MNIST (60k, 32-d, 5-NN test accuracy, seed
+        0): semi_hard 0.892, batch_hard 0.869, batch_all 0.865 with a
+        (256,) network; the defaults give 0.898 in ~30 s on 2 cores.
     margin : float, default=0.2
         Margin of the triplet loss ``max(d(a, p) - d(a, n) + margin, 0)``.
     normalize : bool, default=True
         L2-normalise the embeddings (in training and in :meth:`transform`).
-    samples_per_class : int, default=4
+    samples_per_class : int, default=8
         Examples of each class in a batch (K of the P x K sampling).
-    epochs : int, default=30
+    epochs : int, default=60
         Maximum passes over the training data.
     batch_size : int, default=256
         Rows per gradient step (rounded down to a multiple of
@@ -144,7 +152,7 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Adam's step size.
     validation_fraction : float, default=0.1
         Rows held out to monitor the loss for early stopping (0: none).
-    n_iter_no_change : int, default=5
+    n_iter_no_change : int, default=15
         Epochs without improvement of the monitored loss by ``tol`` before
         stopping; the best epoch's weights are kept.
     tol : float, default=1e-4
@@ -189,7 +197,8 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     >>> from sklearn.pipeline import make_pipeline
     >>> from skknn import TripletEmbedder
     >>> X, y = load_digits(return_X_y=True)
-    >>> model = make_pipeline(TripletEmbedder(epochs=3, random_state=0),
+    >>> model = make_pipeline(TripletEmbedder(hidden_layer_sizes=(64,), epochs=5,
+    ...                                       random_state=0),
     ...                       KNeighborsClassifier())
     >>> model.fit(X[:1000], y[:1000]).score(X[1000:], y[1000:]) > 0.8
     True
@@ -216,16 +225,16 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self,
         n_components=32,
         *,
-        hidden_layer_sizes=(256,),
-        miner="batch_hard",
+        hidden_layer_sizes=(512, 256),
+        miner="semi_hard",
         margin=0.2,
         normalize=True,
-        samples_per_class=4,
-        epochs=30,
+        samples_per_class=8,
+        epochs=60,
         batch_size=256,
         learning_rate=1e-3,
         validation_fraction=0.1,
-        n_iter_no_change=5,
+        n_iter_no_change=15,
         tol=1e-4,
         random_state=None,
         verbose=0,
