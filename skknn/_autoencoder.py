@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._keras import (
     ACTIVATIONS,
+    TRAINING_CONSTRAINTS,
     MLPWeights,
     build_mlp,
     check_hidden_sizes,
@@ -23,6 +24,7 @@ from ._keras import (
     import_keras,
     pairwise_distances,
     train,
+    training_params,
 )
 
 
@@ -115,11 +117,7 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "hidden_layer_sizes": ["array-like"],
         "activation": [StrOptions(set(ACTIVATIONS) - {"linear"})],
-        "epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        **TRAINING_CONSTRAINTS,
         "tol": [Interval(Real, 0, None, closed="left")],
         "distance_weight": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
@@ -188,23 +186,12 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         model = keras.Model(inputs, keras.layers.Concatenate()([decoder(codes), codes]))
         loss = _autoencoder_loss(n_features, self.distance_weight)
         self.history_ = train(
-            model, loss, Xs, Xs, params=self._train_params(), rng=rng, owner=type(self).__name__
+            model, loss, Xs, Xs, params=training_params(self), rng=rng, owner=type(self).__name__
         )
         self.n_iter_ = len(self.history_["loss"])
         self._encoder = MLPWeights.from_keras(encoder)
         self._decoder = MLPWeights.from_keras(decoder)
         return self
-
-    def _train_params(self):
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "validation_fraction": self.validation_fraction,
-            "n_iter_no_change": self.n_iter_no_change,
-            "tol": self.tol,
-            "verbose": self.verbose,
-        }
 
     def _standardise(self, X):
         return ((X - self.mean_) / self.scale_).astype(X.dtype, copy=False)

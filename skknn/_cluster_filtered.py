@@ -1,7 +1,7 @@
 """ClusterFilteredKNN: a learned router over clusters, exact search inside them."""
 
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 from sklearn.base import _fit_context
@@ -11,6 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import SearchBase
 from ._keras import (
+    TRAINING_CONSTRAINTS,
     MLPWeights,
     build_mlp,
     check_hidden_sizes,
@@ -18,6 +19,7 @@ from ._keras import (
     fit_scaling,
     import_keras,
     train,
+    training_params,
 )
 from ._metrics import Metric
 from ._search import (
@@ -173,11 +175,7 @@ class ClusterFilteredKNN(SearchBase):
         "router": [StrOptions({"mlp", "centroid"})],
         "hidden_layer_sizes": ["array-like"],
         "n_label_neighbors": [Interval(Integral, 1, None, closed="left")],
-        "epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        **TRAINING_CONSTRAINTS,
     }
 
     def __init__(
@@ -311,15 +309,10 @@ class ClusterFilteredKNN(SearchBase):
             X.shape[1], hidden + [self.n_clusters_], ["relu"] * len(hidden) + ["linear"],
             draw_seed(rng),
         )
-        params = {
-            "epochs": self.epochs, "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate, "validation_fraction": self.validation_fraction,
-            "n_iter_no_change": self.n_iter_no_change, "tol": 1e-4, "verbose": self.verbose,
-        }
         loss = keras.losses.CategoricalCrossentropy(from_logits=True)
         self.history_ = train(
-            model, loss, self._router_input(X[train_rows]), targets, params=params, rng=rng,
-            owner=type(self).__name__,
+            model, loss, self._router_input(X[train_rows]), targets,
+            params=training_params(self), rng=rng, owner=type(self).__name__,
         )
         self.n_iter_ = len(self.history_["loss"])
         self._router = MLPWeights.from_keras(model)

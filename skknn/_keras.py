@@ -11,9 +11,11 @@ import os
 import sys
 import time
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval
 
 _MAX_SEED = np.iinfo(np.int32).max
 
@@ -22,6 +24,30 @@ ACTIVATIONS = {
     "tanh": lambda z: np.tanh(z, out=z),
     "linear": lambda z: z,
 }
+
+
+#: ``_parameter_constraints`` of the training settings every network shares.
+TRAINING_CONSTRAINTS = {
+    "epochs": [Interval(Integral, 1, None, closed="left")],
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+    "learning_rate": [Interval(Real, 0, None, closed="neither")],
+    "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+    "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+}
+
+
+def training_params(estimator, **overrides):
+    """The ``params`` of :func:`train`, read from an estimator's settings."""
+    params = {
+        "epochs": estimator.epochs,
+        "batch_size": estimator.batch_size,
+        "learning_rate": estimator.learning_rate,
+        "validation_fraction": estimator.validation_fraction,
+        "n_iter_no_change": estimator.n_iter_no_change,
+        "tol": getattr(estimator, "tol", 1e-4),
+        "verbose": estimator.verbose,
+    }
+    return {**params, **overrides}
 
 
 def import_keras():

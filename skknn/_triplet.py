@@ -17,6 +17,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._keras import (
+    TRAINING_CONSTRAINTS,
     MLPWeights,
     build_mlp,
     check_hidden_sizes,
@@ -25,6 +26,7 @@ from ._keras import (
     import_keras,
     pairwise_distances,
     train,
+    training_params,
 )
 
 MINERS = ("batch_hard", "semi_hard", "batch_all")
@@ -211,11 +213,8 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "margin": [Interval(Real, 0, None, closed="neither")],
         "normalize": ["boolean"],
         "samples_per_class": [Interval(Integral, 2, None, closed="left")],
-        "epochs": [Interval(Integral, 1, None, closed="left")],
+        **TRAINING_CONSTRAINTS,
         "batch_size": [Interval(Integral, 2, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -298,11 +297,7 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             X.shape[1], hidden + [self.n_components], ["relu"] * len(hidden) + ["linear"],
             draw_seed(rng),
         )
-        params = {
-            "epochs": self.epochs, "batch_size": self._batch_size(),
-            "learning_rate": self.learning_rate, "validation_fraction": self.validation_fraction,
-            "n_iter_no_change": self.n_iter_no_change, "tol": self.tol, "verbose": self.verbose,
-        }
+        params = training_params(self, batch_size=self._batch_size())
         self.history_ = train(
             model,
             _triplet_loss(self.miner, self.margin, self.normalize, self.samples_per_class - 1),
