@@ -1,5 +1,6 @@
 """TripletEmbedder: miners against a NumPy reference, learning, API, errors."""
 
+import copy
 import pickle
 import subprocess
 import sys
@@ -196,10 +197,11 @@ def test_string_labels_and_reproducibility(noisy_classes):
     assert_array_equal(a.transform(X_test), b.transform(X_test))
 
 
-def test_pickle_and_fresh_process(noisy_classes, tmp_path):
+def test_pickle_deepcopy_and_fresh_process(noisy_classes, tmp_path):
     X, y, X_test, _ = noisy_classes
     emb = TripletEmbedder(**FAST, random_state=0).fit(X, y)
-    assert_array_equal(pickle.loads(pickle.dumps(emb)).transform(X_test), emb.transform(X_test))
+    for other in (pickle.loads(pickle.dumps(emb)), copy.deepcopy(emb)):
+        assert_array_equal(other.transform(X_test), emb.transform(X_test))
     (tmp_path / "e.pkl").write_bytes(pickle.dumps(emb))
     np.save(tmp_path / "X.npy", X_test)
     code = (
