@@ -17,6 +17,7 @@ from ._keras import (
     ACTIVATIONS,
     TRAINING_CONSTRAINTS,
     MLPWeights,
+    apply_scaling,
     build_mlp,
     check_hidden_sizes,
     draw_seed,
@@ -194,7 +195,7 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         return self
 
     def _standardise(self, X):
-        return ((X - self.mean_) / self.scale_).astype(X.dtype, copy=False)
+        return apply_scaling(X, self.mean_, self.scale_)
 
     def transform(self, X):
         """Encode ``X``.

@@ -13,6 +13,7 @@ from ._base import SearchBase
 from ._keras import (
     TRAINING_CONSTRAINTS,
     MLPWeights,
+    apply_scaling,
     build_mlp,
     check_hidden_sizes,
     draw_seed,
@@ -318,7 +319,7 @@ class ClusterFilteredKNN(SearchBase):
         self._router = MLPWeights.from_keras(model)
 
     def _router_input(self, X):
-        return ((X - self._router_mean) / self._router_scale).astype(np.float32)
+        return apply_scaling(X, self._router_mean, self._router_scale).astype(np.float32)
 
     # ------------------------------------------------------------- routing
     def _centroid_route(self, Q, n_probe):

@@ -90,6 +90,11 @@ def fit_scaling(X):
     return mean, (spread if spread > 0 else 1.0)
 
 
+def apply_scaling(X, mean, scale):
+    """Standardise ``X`` with :func:`fit_scaling`'s ``mean`` and ``scale``."""
+    return ((X - mean) / scale).astype(X.dtype, copy=False)
+
+
 def build_mlp(n_inputs, layer_sizes, activations, seed):
     """A Keras ``Sequential`` of ``Dense`` layers with seeded initialisers."""
     keras = import_keras()

@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._keras import (
     TRAINING_CONSTRAINTS,
     MLPWeights,
+    apply_scaling,
     build_mlp,
     check_hidden_sizes,
     draw_seed,
@@ -314,7 +315,7 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         return max(K, self.batch_size // K * K)
 
     def _standardise(self, X):
-        return ((X - self.mean_) / self.scale_).astype(X.dtype, copy=False)
+        return apply_scaling(X, self.mean_, self.scale_)
 
     def transform(self, X):
         """Embed ``X``.

@@ -21,6 +21,24 @@ def true_distances(metric, Q, X, ind):
     )
 
 
+def exact_problem(problem, metric, query_is_train):
+    """``(X, Q, k)`` of a drawn search problem, or None where it has no answer.
+
+    Rows of zeros have no direction, and scikit-learn's cosine is undefined
+    there, so they are dropped for cosine; ``Q`` is None (query the fitted
+    rows, each not its own neighbour) when ``query_is_train``.
+    """
+    X, Q, k = problem
+    if metric == "cosine":
+        X, Q = X[np.abs(X).sum(1) > 0], Q[np.abs(Q).sum(1) > 0]
+        if len(X) < 2 or len(Q) == 0:
+            return None
+        k = min(k, len(X))
+    if query_is_train:
+        Q, k = None, min(k, len(X) - 1)
+    return X, Q, k
+
+
 def reference_tolerance(scale):
     """Absolute error of scikit-learn's brute-force distances near zero.
 

@@ -13,7 +13,7 @@ from sklearn.neighbors import NearestNeighbors
 from skknn import ClusterFilteredKNN
 from skknn._search import recall_at_k
 
-from ._assertions import assert_same_neighbors, assert_same_radius
+from ._assertions import assert_same_neighbors, assert_same_radius, exact_problem
 from .conftest import make_blobs_data
 from .test_learned import METRICS, search_problems
 
@@ -28,14 +28,9 @@ FAST_ROUTER = {"hidden_layer_sizes": (32,), "epochs": 15, "batch_size": 64}
        router=st.sampled_from(["centroid", "mlp"]))
 def test_probing_every_cluster_is_exact(metric, kwargs, ref_name, problem, query_is_train,
                                         n_clusters, router):
-    X, Q, k = problem
-    if metric == "cosine":
-        X, Q = X[np.abs(X).sum(1) > 0], Q[np.abs(Q).sum(1) > 0]
-        if len(X) < 2 or len(Q) == 0:
-            return
-        k = min(k, len(X))
-    if query_is_train:
-        Q, k = None, min(k, len(X) - 1)
+    if (prepared := exact_problem(problem, metric, query_is_train)) is None:
+        return
+    X, Q, k = prepared
     n_clusters = min(n_clusters, len(X))
     ours = ClusterFilteredKNN(
         n_neighbors=k, n_clusters=n_clusters, n_probe=n_clusters, router=router, epochs=1,

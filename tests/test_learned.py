@@ -22,7 +22,12 @@ from sklearn.pipeline import make_pipeline
 
 from skknn import AutoencoderEmbedder, LearnedNeighbors
 
-from ._assertions import assert_same_neighbors, assert_same_radius, true_distances
+from ._assertions import (
+    assert_same_neighbors,
+    assert_same_radius,
+    exact_problem,
+    true_distances,
+)
 from .conftest import FAST_AE, make_blobs_data
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -65,15 +70,9 @@ def search_problems(draw):
 @pytest.mark.parametrize("metric, kwargs, ref_name", METRICS)
 @given(problem=search_problems(), query_is_train=st.booleans())
 def test_exact_setting_equals_brute_force(metric, kwargs, ref_name, problem, query_is_train):
-    X, Q, k = problem
-    if metric == "cosine":
-        # Zero vectors have no direction; scikit-learn's cosine is undefined there.
-        X, Q = X[np.abs(X).sum(1) > 0], Q[np.abs(Q).sum(1) > 0]
-        if len(X) < 2 or len(Q) == 0:
-            return
-        k = min(k, len(X))
-    if query_is_train:
-        Q, k = None, min(k, len(X) - 1)
+    if (prepared := exact_problem(problem, metric, query_is_train)) is None:
+        return
+    X, Q, k = prepared
     ours = exact(n_neighbors=k, metric=metric, **kwargs).fit(X)
     ref = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=metric, **kwargs).fit(X)
     scale = np.linalg.norm(X if Q is None else np.vstack([X, Q]), axis=1).max()
