@@ -25,11 +25,11 @@ from ._keras import (
 from ._metrics import Metric
 from ._search import (
     _EXTRA_SELECTED,
-    _block_tolerance,
     _query_batches,
     _sorted_topk,
     _split_rows,
     block_topk,
+    block_within,
     drop_self,
     exact_kneighbors,
     rerank,
@@ -394,21 +394,14 @@ class ClusterFilteredKNN(SearchBase):
         return rerank(metric, Q, self._X, ind, k, self._n_jobs)
 
     def _probe_radius(self, Q, radius, probes):
-        metric = self._metric
-        bound = metric.to_ranking(radius)
         X_sqmax = self._Xs_sqnorm.max(initial=0.0)
-        found_q, found_i = [], []
+        found = [(np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp), np.empty(0))]
         for lo, hi, q in self._by_cluster(probes):
-            D = metric.block(Q[q], self._Xs[lo:hi], self._Xs_sqnorm[lo:hi])
-            tol = _block_tolerance(metric, Q[q], X_sqmax, self._X.dtype)
-            r, c = np.nonzero(D <= bound + tol)
-            found_q.append(q[r])
-            found_i.append(self._order[lo + c])
-        q = np.concatenate(found_q) if found_q else np.empty(0, dtype=np.intp)
-        i = np.concatenate(found_i) if found_i else np.empty(0, dtype=np.intp)
-        dist = metric.paired(Q[q], self._X[i])
-        keep = dist <= radius
-        q, i, dist = q[keep], i[keep], dist[keep]
+            r, c, d = block_within(
+                self._metric, Q[q], self._Xs[lo:hi], radius, self._Xs_sqnorm[lo:hi], X_sqmax
+            )
+            found.append((q[r], self._order[lo + c], d))
+        q, i, dist = (np.concatenate(part) for part in zip(*found))
         order = np.lexsort((i, q))
         return _split_rows(len(Q), q[order], i[order], dist[order])
 

@@ -144,6 +144,25 @@ def _block_tolerance(metric, Qb, X_sqmax, dtype):
     return 64 * eps * (np.einsum("ij,ij->i", Qb, Qb)[:, None] + X_sqmax)
 
 
+def block_within(metric, Q, X, radius, X_sqnorm, X_sqmax):
+    """Pairs of rows of ``Q`` and ``X`` within ``radius`` (inclusive).
+
+    The block distances, with a margin for their rounding error, select the
+    pairs; their accurate distances (from differences) decide.
+
+    Returns
+    -------
+    rows, cols, dist : 1-D ndarrays
+        Row of ``Q``, row of ``X`` and distance of each pair, sorted by row.
+    """
+    D = metric.block(Q, X, X_sqnorm)
+    bound = metric.to_ranking(radius) + _block_tolerance(metric, Q, X_sqmax, X.dtype)
+    rows, cols = np.nonzero(D <= bound)
+    dist = metric.paired(Q[rows], X[cols])
+    keep = dist <= radius
+    return rows[keep], cols[keep], dist[keep]
+
+
 def exact_radius(metric, Q, X, radius, n_jobs=1):
     """All rows of ``X`` within ``radius`` (inclusive) of each query.
 
@@ -153,15 +172,10 @@ def exact_radius(metric, Q, X, radius, n_jobs=1):
     """
     X_sqnorm = np.einsum("ij,ij->i", X, X)
     X_sqmax = X_sqnorm.max(initial=0.0)
-    bound = metric.to_ranking(radius)
 
     def one(batch):
-        Qb = Q[batch]
-        D = metric.block(Qb, X, X_sqnorm)
-        rows, cols = np.nonzero(D <= bound + _block_tolerance(metric, Qb, X_sqmax, X.dtype))
-        dist = metric.paired(Qb[rows], X[cols])
-        keep = dist <= radius
-        return _split_rows(len(Qb), rows[keep], cols[keep], dist[keep])
+        rows, cols, dist = block_within(metric, Q[batch], X, radius, X_sqnorm, X_sqmax)
+        return _split_rows(batch.stop - batch.start, rows, cols, dist)
 
     batches = _query_batches(len(Q), 3 * X.shape[0] * X.itemsize, n_jobs)
     parts = _run_batches(one, batches, n_jobs)
