@@ -30,7 +30,7 @@ setup(
         "numba>=0.57",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6"],
         "docs": ["sphinx>=7", "numpydoc>=1.6", "sphinx-gallery>=0.15", "matplotlib>=3.6"],
         "bench": ["hnswlib", "faiss-cpu", "matplotlib>=3.6"],
         "lint": ["ruff"],

@@ -1,49 +1,95 @@
-"""``python -m skknn``: recall against speed of skknn's searches and exact search."""
+"""``python -m skknn``: recall against speed of skknn's searches, exact search and peers."""
 
 import argparse
 import json
 import sys
-import time
 import warnings
 
 import numpy as np
-from sklearn.utils import gen_batches
 
-from ._metrics import Metric
-from ._search import recall_at_k
+from ._compare import measure, methods, plot, table_point
 
-_DEFAULT_QUERIES = {"digits": 300, "fashion-mnist": 10000}
+_DEFAULT_QUERIES = {"digits": 300, "fashion-mnist": 10000, "file": 10000}
 
 
 def _parser():
+    keys = list(methods())
     parser = argparse.ArgumentParser(
         prog="python -m skknn",
         description=(
-            "Compare skknn's neighbour searches with exact NearestNeighbors: recall@k, "
-            "queries per second, fit seconds and speed-up over brute force."
+            "Compare skknn's neighbour searches with exact NearestNeighbors and with "
+            "pynndescent, hnswlib and faiss where installed: recall@k, queries per second, "
+            "fit seconds and speed-up over brute force. Euclidean distance."
         ),
     )
-    parser.add_argument("--dataset", choices=sorted(_DEFAULT_QUERIES), default="digits",
+    parser.add_argument("--dataset", choices=["digits", "fashion-mnist"], default="digits",
                         help="data set (default: scikit-learn's bundled digits)")
     parser.add_argument("--data-dir", help="folder with the Fashion-MNIST idx files")
+    parser.add_argument("--data", metavar="FILE.npz",
+                        help="your own data: a .npz file with 2-D arrays 'train' and 'test' "
+                             "(overrides --dataset)")
     parser.add_argument("-k", type=_positive_int, default=10, help="neighbours (default 10)")
     parser.add_argument("--n-queries", type=_positive_int,
-                        help="queries (default 300 for digits, 10000 for fashion-mnist)")
+                        help="queries (default 300 for digits, else up to 10000 test rows)")
+    parser.add_argument("--estimators", nargs="+", metavar="NAME", choices=keys,
+                        help=f"methods to run, among: {', '.join(keys)} (default: all; peers "
+                             "only if installed). Exact search always runs: it is the reference")
     parser.add_argument("--target-recall", type=float, default=0.95,
-                        help="target_recall of the learned searches (default 0.95)")
+                        help="target_recall of skknn's searches (default 0.95)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="save recall against queries/s, one curve per method over its "
+                             "effort knob (needs matplotlib)")
     parser.add_argument("--random-state", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print results as JSON instead of a table")
     return parser
 
 
 def _positive_int(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+def _check_arrays(train, test, source):
+    for name, array in (("train", train), ("test", test)):
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+            raise ValueError(f"{source}: '{name}' must be a non-empty 2-D array, got shape "
+                             f"{array.shape}.")
+        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+            raise ValueError(f"{source}: '{name}' must hold real numbers, got dtype "
+                             f"{array.dtype}.")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{source}: '{name}' contains NaN or infinity.")
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(f"{source}: 'train' has {train.shape[1]} features but 'test' has "
+                         f"{test.shape[1]}.")
+
+
 def _load(args):
+    """(name, X_train, X_test) as float32, or ValueError/OSError with a message."""
+    if args.data is not None:
+        try:
+            with np.load(args.data, allow_pickle=False) as npz:
+                missing = [key for key in ("train", "test") if key not in npz.files]
+                if missing:
+                    raise ValueError(
+                        f"{args.data}: no array named {' or '.join(map(repr, missing))} "
+                        f"(found: {', '.join(npz.files) or 'none'}); save with "
+                        "numpy.savez(FILE, train=..., test=...)."
+                    )
+                train, test = npz["train"], npz["test"]
+        except (ValueError, OSError) as exc:
+            if isinstance(exc, FileNotFoundError) or str(exc).startswith(str(args.data)):
+                raise
+            raise ValueError(f"{args.data}: not a readable .npz file ({exc}).") from None
+        _check_arrays(train, test, args.data)
+        n_queries = args.n_queries or _DEFAULT_QUERIES["file"]
+        return args.data, train.astype(np.float32), test[:n_queries].astype(np.float32)
     if args.dataset == "digits":
         from sklearn.datasets import load_digits
 
@@ -54,74 +100,58 @@ def _load(args):
                 f"--n-queries {n_queries} leaves too few of digits' {len(X)} samples to search."
             )
         perm = np.random.RandomState(args.random_state).permutation(len(X))
-        return X[perm[n_queries:]], X[perm[:n_queries]]
+        return "digits", X[perm[n_queries:]], X[perm[:n_queries]]
     from .datasets import load_fashion_mnist
 
     X_train, _, X_test, _ = load_fashion_mnist(args.data_dir)
-    return X_train, X_test[: args.n_queries or _DEFAULT_QUERIES["fashion-mnist"]]
+    return ("fashion-mnist", X_train,
+            X_test[: args.n_queries or _DEFAULT_QUERIES["fashion-mnist"]])
 
 
-def _estimators(args, n_features):
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import NearestNeighbors
-
-    from . import AutoencoderEmbedder, ClusterFilteredKNN, LearnedNeighbors
-
-    dim = min(32, n_features)
-    common = {"n_neighbors": args.k, "target_recall": args.target_recall,
-              "random_state": args.random_state}
-    return [
-        ("NearestNeighbors (exact, brute)",
-         NearestNeighbors(n_neighbors=args.k, algorithm="brute")),
-        (f"LearnedNeighbors (autoencoder-{dim})",
-         LearnedNeighbors(embedder=AutoencoderEmbedder(n_components=dim,
-                                                       random_state=args.random_state), **common)),
-        (f"LearnedNeighbors (PCA-{dim})", LearnedNeighbors(embedder=PCA(dim), **common)),
-        ("ClusterFilteredKNN (mlp router)", ClusterFilteredKNN(router="mlp", **common)),
-        ("ClusterFilteredKNN (centroid router)", ClusterFilteredKNN(router="centroid", **common)),
-    ]
+def _chosen_methods(args, log):
+    """The methods to run, exact first; an error if a requested peer is missing."""
+    every = methods()
+    requested = args.estimators
+    keys = ["exact"] + [key for key in (requested or every) if key != "exact"]
+    chosen = []
+    for key in dict.fromkeys(keys):
+        method = every[key]
+        if method.available():
+            chosen.append(method)
+        elif requested:
+            raise ValueError(f"{key} needs {method.requires[1]}, which is not installed "
+                             f"(pip install {method.requires[1]}).")
+        else:
+            log(f"{key}: {method.requires[1]} not installed, skipped")
+    return chosen
 
 
-def _measure(name, estimator, X_train, X_test, k, true_dist, log):
-    log(f"fitting {name} on {X_train.shape[0]} x {X_train.shape[1]} ...")
-    tic = time.perf_counter()
-    estimator.fit(X_train)
-    fit_s = time.perf_counter() - tic
-    times = []
-    for _ in range(3):
-        tic = time.perf_counter()
-        dist, ind = estimator.kneighbors(X_test)
-        times.append(time.perf_counter() - tic)
-    if true_dist is None:
-        # The reference: exact neighbours with distances computed from
-        # differences in float64 (the brute-force ones carry rounding error).
-        dist = np.vstack([
-            Metric("euclidean").paired(X_test[s, None, :].astype(np.float64), X_train[ind[s]])
-            for s in gen_batches(len(X_test), 1000)
-        ])
-    return {
-        "method": name,
-        "recall": 1.0 if true_dist is None else recall_at_k(dist, true_dist),
-        "qps": len(X_test) / float(np.median(times)),
-        "fit_s": fit_s,
-        "effort": getattr(estimator, "search_params_", "exact"),
-        "dist": dist,
-    }
+def _describe(effort):
+    if effort is None:
+        return "exact"
+    return ", ".join(f"{key}={value}" for key, value in effort.items()) or "exact"
 
 
-def _table(results, k):
-    brute = results[0]["qps"]
+def _table(results, k, target_recall):
+    brute = results[0]["table"]["qps"]
     head = (f"{'method':<38}{'recall@' + str(k):>10}{'queries/s':>12}{'speed-up':>10}"
             f"{'fit s':>8}  effort")
     lines = [head, "-" * len(head)]
     for r in results:
+        point, how = r["table"], r["chosen_by"]
+        mark = "" if how == "fit" else " *"
         lines.append(
-            f"{r['method']:<38}{r['recall']:>10.3f}{r['qps']:>12,.0f}{r['qps'] / brute:>9.2f}x"
-            f"{r['fit_s']:>8.2f}  {r['effort']}"
+            f"{r['method']:<38}{point['recall']:>10.3f}{point['qps']:>12,.0f}"
+            f"{point['qps'] / brute:>9.2f}x{r['fit_s']:>8.2f}  {_describe(point['effort'])}{mark}"
         )
-    if max(r["qps"] for r in results[1:]) < brute:
+    lines.append(
+        f"\nskknn rows: the effort fit() chose for target_recall={target_recall} on held-out "
+        "training points.\n* peers: the fastest setting reaching that recall on these queries "
+        "(tuned on the test set)."
+    )
+    if len(results) > 1 and max(r["table"]["qps"] for r in results[1:]) < brute:
         lines.append(
-            "\nAt this size exact brute force is fastest: approximate search pays off on "
+            "At this size exact brute force is fastest: approximate search pays off on "
             "larger data,\ne.g. python -m skknn --dataset fashion-mnist."
         )
     return "\n".join(lines)
@@ -129,32 +159,53 @@ def _table(results, k):
 
 def main(argv=None):
     """Run the comparison; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if not 0 < args.target_recall <= 1:
-        _parser().error(f"--target-recall must be in (0, 1], got {args.target_recall}")
+        parser.error(f"--target-recall must be in (0, 1], got {args.target_recall}")
 
     def log(message):
         print(f"[skknn] {message}", file=sys.stderr, flush=True)
 
-    try:
-        X_train, X_test = _load(args)
-    except (OSError, ValueError) as exc:
-        print(f"python -m skknn: error: {exc}", file=sys.stderr)
+    def fail(message):
+        print(f"python -m skknn: error: {message}", file=sys.stderr)
         return 1
-    log(f"{args.dataset}: {len(X_train)} indexed points, {len(X_test)} queries, k={args.k}")
-    results, true_dist = [], None
+
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return fail("--plot needs matplotlib (pip install matplotlib).")
+    try:
+        name, X_train, X_test = _load(args)
+        chosen = _chosen_methods(args, log)
+    except (OSError, ValueError) as exc:
+        return fail(exc)
+    if args.k > len(X_train):
+        return fail(f"-k {args.k} exceeds the {len(X_train)} indexed points.")
+    log(f"{name}: {len(X_train)} indexed points x {X_train.shape[1]} features, "
+        f"{len(X_test)} queries, k={args.k}")
+    results, reference = [], None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, estimator in _estimators(args, X_train.shape[1]):
-            result = _measure(name, estimator, X_train, X_test, args.k, true_dist, log)
-            if true_dist is None:
-                true_dist = result["dist"]
+        for i, method in enumerate(chosen, 1):
+            log(f"[{i}/{len(chosen)}] {method.name}: fitting ...")
+            result = measure(method, args, X_train, X_test, reference, log)
+            if reference is None:
+                reference = result.pop("dist")
+            result["table"], result["chosen_by"] = table_point(result, args.target_recall)
             results.append(result)
-    for r in results:
-        del r["dist"]
+    if args.plot is not None:
+        try:
+            plot(results, args.plot, f"{name}: {len(X_train)} points, {len(X_test)} queries, "
+                                     f"k={args.k}")
+        except (OSError, ValueError) as exc:
+            return fail(f"cannot write the plot to {args.plot}: {exc}")
+        log(f"plot saved to {args.plot}")
     if args.json:
-        print(json.dumps({"dataset": args.dataset, "k": args.k, "n_train": len(X_train),
-                          "n_queries": len(X_test), "results": results}, indent=1))
+        print(json.dumps({"dataset": name, "k": args.k, "n_train": len(X_train),
+                          "n_queries": len(X_test), "target_recall": args.target_recall,
+                          "results": results}, indent=1))
     else:
-        print(_table(results, args.k))
+        print(_table(results, args.k, args.target_recall))
     return 0

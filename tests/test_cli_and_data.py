@@ -60,32 +60,100 @@ def test_loader_rejects_corrupt_files(tmp_path):
         read_idx(tmp_path / "short.gz")
 
 
+FAST = ["--estimators", "learned-pca", "cluster-centroid"]
+
+
 def test_main_on_digits_prints_a_table(capsys):
-    assert main(["-k", "5", "--n-queries", "100"]) == 0
+    assert main(["-k", "5", "--n-queries", "100", *FAST]) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert "recall@5" in lines[0] and "queries/s" in lines[0]
-    assert any(line.startswith("LearnedNeighbors (autoencoder-32)") for line in lines)
+    rows = [line.split()[0] for line in lines[2:] if line.strip()]
+    assert rows[:3] == ["NearestNeighbors", "LearnedNeighbors", "ClusterFilteredKNN"]
     exact_row = next(line for line in lines if line.startswith("NearestNeighbors"))
     assert "1.000" in exact_row and "1.00x" in exact_row
-    assert "[skknn] fitting" in captured.err
+    # Progress while it works, on stderr: each method and each effort measured.
+    assert "[1/3] NearestNeighbors" in captured.err
+    assert "{'n_probe': 1}: recall@5=" in captured.err
 
 
 def test_main_json_on_fashion_layout(tiny_fashion, capsys):
     folder, _, _ = tiny_fashion
-    args = ["--dataset", "fashion-mnist", "--data-dir", str(folder), "-k", "3", "--json"]
+    args = ["--dataset", "fashion-mnist", "--data-dir", str(folder), "-k", "3", "--json", *FAST]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_train"] == 60 and out["n_queries"] == 12 and out["k"] == 3
-    learned = [r for r in out["results"] if r["method"].startswith("LearnedNeighbors")]
-    assert learned and all(0 <= r["recall"] <= 1 for r in learned)
+    assert [r["key"] for r in out["results"]] == ["exact", "learned-pca", "cluster-centroid"]
+    for r in out["results"]:
+        assert 0 <= r["table"]["recall"] <= 1 and r["table"]["qps"] > 0
+        assert r["curve"] and all(0 <= p["recall"] <= 1 for p in r["curve"])
+    cluster = out["results"][2]
+    # The sweep covers the effort knob, and recall grows with it.
+    probes = [p["effort"]["n_probe"] for p in cluster["curve"]]
+    assert len(probes) > 1
+    recalls = [p["recall"] for p in sorted(cluster["curve"], key=lambda p: p["effort"]["n_probe"])]
+    assert recalls == sorted(recalls)
+
+
+def test_main_on_an_npz_file_with_a_plot(tmp_path, rng, capsys):
+    pytest.importorskip("matplotlib")
+    data = tmp_path / "data.npz"
+    np.savez(data, train=rng.normal(size=(300, 8)), test=rng.normal(size=(20, 8)))
+    png = tmp_path / "curves.png"
+    assert main(["--data", str(data), "--plot", str(png), "--json", *FAST]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dataset"] == str(data) and out["n_train"] == 300 and out["n_queries"] == 20
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("peer", ["hnswlib", "faiss-ivf", "pynndescent"])
+def test_peers_are_measured_against_the_same_reference(peer, capsys):
+    from skknn._compare import methods
+
+    if not methods()[peer].available():
+        pytest.skip(f"{peer} not installed")
+    assert main(["--n-queries", "50", "--json", "--estimators", peer]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][1]
+    assert result["key"] == peer and result["table"]["recall"] > 0.8
+
+
+def _bad_npz(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"train": np.ones((5, 3))}, "no array named 'test'"),
+        ({"train": np.ones(5), "test": np.ones((2, 5))}, "'train' must be a non-empty 2-D"),
+        ({"train": np.ones((5, 3)), "test": np.ones((2, 4))}, "'train' has 3 features"),
+        ({"train": np.full((5, 3), np.nan), "test": np.ones((2, 3))}, "NaN or infinity"),
+        ({"train": np.array([["a"]]), "test": np.ones((2, 3))}, "must hold real numbers"),
+    ],
+)
+def test_bad_npz_files_are_clear_errors(tmp_path, arrays, message, capsys):
+    assert main(["--data", _bad_npz(tmp_path, **arrays)]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_unreadable_files_are_clear_errors(tmp_path, capsys):
+    text = tmp_path / "notes.npz"
+    text.write_text("not numpy")
+    assert main(["--data", str(text)]) == 1
+    assert "not a readable .npz file" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "absent.npz")]) == 1
+    assert "absent.npz" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["-k", "0"], "must be a positive integer"),
+        (["-k", "ten"], "must be a positive integer"),
         (["--dataset", "mnist"], "invalid choice"),
+        (["--estimators", "annoy"], "invalid choice"),
         (["--target-recall", "2"], "--target-recall must be in"),
         (["--n-queries", "1795"], "leaves too few"),
     ],
@@ -97,6 +165,14 @@ def test_bad_arguments_exit_non_zero_with_a_message(argv, message, capsys):
         code = exc.code
     assert code != 0
     assert message in capsys.readouterr().err
+
+
+def test_missing_peer_requested_is_a_clear_error(monkeypatch, capsys):
+    from skknn import _compare
+
+    monkeypatch.setattr(_compare._Hnswlib, "requires", ("no_such_module_xyz", "hnswlib"))
+    assert main(["--estimators", "hnswlib"]) == 1
+    assert "pip install hnswlib" in capsys.readouterr().err
 
 
 def test_missing_data_is_a_message_not_a_traceback(tmp_path):
