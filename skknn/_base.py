@@ -122,8 +122,22 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         X = validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=False)
         return self._metric.prepare(X.astype(self._X.dtype, copy=False))
 
+    def _check_search_params(self, params):
+        """``search_params_`` may be reassigned by users: check it before use."""
+        expected = self._default_search_params()
+        if not isinstance(params, dict) or set(params) != set(expected) or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+            for v in params.values()
+        ):
+            example = {key: 1 for key in expected}
+            raise ValueError(
+                f"search_params_ must be a dict with the keys {sorted(expected)} and positive "
+                f"integer values (e.g. {example}), got {params!r}."
+            )
+
     def _search(self, Q, k, params):
         """Top-``k`` in batches; queries the index could not fill are searched exactly."""
+        self._check_search_params(params)
         parts = [self._knn(Q[b], k, params) for b in gen_batches(len(Q), _QUERY_BATCH)]
         dist = np.vstack([d for d, _ in parts])
         ind = np.vstack([i for _, i in parts])
@@ -248,6 +262,7 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         if not isinstance(radius, Real) or not radius >= 0:
             raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
         Q = self._queries(X)
+        self._check_search_params(self.search_params_)
         dists, inds = [], []
         for batch in gen_batches(len(Q), _QUERY_BATCH):
             d, i = self._radius(Q[batch], float(radius), self.search_params_)

@@ -130,7 +130,8 @@ class ClusterFilteredKNN(SearchBase):
         excluded; from 1,280 fitted points on they are held out of k-means and
         router training (they stay in the index).
     search_params_ : dict
-        The search effort in use: ``{'n_probe': n}``.
+        The search effort in use: ``{'n_probe': n}``. Assign another (e.g.
+        ``{'n_probe': 8}``) to change the effort without refitting.
     effective_metric_ : str
         The metric used, after resolving aliases and Minkowski powers.
     effective_metric_params_ : dict

@@ -106,7 +106,9 @@ class LearnedNeighbors(SearchBase):
         the embedder's training (they stay in the index).
     search_params_ : dict
         The search effort in use: ``{'candidates_per_neighbor': c}``, or
-        ``{}`` in the exact setting.
+        ``{}`` in the exact setting. Assign another (e.g.
+        ``{'candidates_per_neighbor': 8}``) to change the effort without
+        refitting.
     effective_metric_ : str
         The metric used, after resolving aliases and Minkowski powers.
     effective_metric_params_ : dict

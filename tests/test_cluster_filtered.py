@@ -96,6 +96,26 @@ def test_labels_and_centers(fitted, blobs):
     assert fitted.cluster_centers_.shape == (25, X_train.shape[1])
 
 
+def test_routers_share_the_partition_for_one_random_state(blobs):
+    X_train, _ = blobs
+    kwargs = {"n_clusters": 25, "random_state": 0}
+    mlp = ClusterFilteredKNN(router="mlp", **FAST_ROUTER, **kwargs).fit(X_train)
+    centroid = ClusterFilteredKNN(router="centroid", **kwargs).fit(X_train)
+    assert_array_equal(mlp.labels_, centroid.labels_)
+    assert_array_equal(mlp.cluster_centers_, centroid.cluster_centers_)
+
+
+@pytest.mark.parametrize("params", [{"n_probe": 0}, {"n_probe": 2.5}, {"n_probe": True},
+                                    {"candidates_per_neighbor": 3}, {}, [("n_probe", 3)]])
+def test_reassigned_search_params_are_checked(fitted, blobs, params):
+    nn = copy.copy(fitted)
+    nn.search_params_ = params
+    with pytest.raises(ValueError, match="search_params_ must be a dict with the keys"):
+        nn.kneighbors(blobs[1])
+    with pytest.raises(ValueError, match="search_params_ must be a dict with the keys"):
+        nn.radius_neighbors(blobs[1], radius=1.0)
+
+
 def test_mlp_router_learns_where_neighbours_are(blobs):
     X_train, X_test = blobs
     nn = ClusterFilteredKNN(n_neighbors=10, n_clusters=25, n_probe=5, random_state=0,
