@@ -134,14 +134,14 @@ def _describe(effort):
 
 def _table(results, k, target_recall):
     brute = results[0]["table"]["qps"]
-    head = (f"{'method':<38}{'recall@' + str(k):>10}{'queries/s':>12}{'speed-up':>10}"
+    head = (f"{'method':<46}{'recall@' + str(k):>10}{'queries/s':>12}{'speed-up':>10}"
             f"{'fit s':>8}  effort")
     lines = [head, "-" * len(head)]
     for r in results:
         point, how = r["table"], r["chosen_by"]
         mark = "" if how == "fit" else " *"
         lines.append(
-            f"{r['method']:<38}{point['recall']:>10.3f}{point['qps']:>12,.0f}"
+            f"{r['method']:<46}{point['recall']:>10.3f}{point['qps']:>12,.0f}"
             f"{point['qps'] / brute:>9.2f}x{r['fit_s']:>8.2f}  {_describe(point['effort'])}{mark}"
         )
     lines.append(

@@ -141,7 +141,7 @@ def _exact(args, n_features):
     return NearestNeighbors(n_neighbors=args.k, algorithm="brute")
 
 
-def _learned(embedder):
+def _learned(embedder, backend="auto"):
     def make(args, n_features):
         from sklearn.decomposition import PCA
 
@@ -150,7 +150,7 @@ def _learned(embedder):
         dim = min(32, n_features)
         emb = (AutoencoderEmbedder(n_components=dim, random_state=args.random_state)
                if embedder == "autoencoder" else PCA(dim, random_state=args.random_state))
-        return LearnedNeighbors(embedder=emb, n_neighbors=args.k,
+        return LearnedNeighbors(embedder=emb, backend=backend, n_neighbors=args.k,
                                 target_recall=args.target_recall,
                                 random_state=args.random_state)
 
@@ -174,6 +174,10 @@ def methods():
         "exact": _SkknnMethod("exact", "NearestNeighbors (exact, brute)", _exact),
         "learned-ae": _SkknnMethod("learned-ae", "LearnedNeighbors (autoencoder)",
                                    _learned("autoencoder")),
+        "learned-ae-nnd": _SkknnMethod(
+            "learned-ae-nnd", "LearnedNeighbors (autoencoder, pynndescent)",
+            _learned("autoencoder", "pynndescent"),
+        ),
         "learned-pca": _SkknnMethod("learned-pca", "LearnedNeighbors (PCA)", _learned("pca")),
         "cluster-mlp": _SkknnMethod("cluster-mlp", "ClusterFilteredKNN (mlp router)",
                                     _cluster("mlp")),
