@@ -190,7 +190,13 @@ def main(argv=None):
         warnings.simplefilter("ignore")
         for i, method in enumerate(chosen, 1):
             log(f"[{i}/{len(chosen)}] {method.name}: fitting ...")
-            result = measure(method, args, X_train, X_test, reference, log)
+            try:
+                result = measure(method, args, X_train, X_test, reference, log)
+            except Exception as exc:  # a method failing on this data: say so, go on
+                if reference is None:
+                    return fail(f"{method.name} failed: {type(exc).__name__}: {exc}")
+                log(f"  {method.name} failed, skipped: {type(exc).__name__}: {exc}")
+                continue
             if reference is None:
                 reference = result.pop("dist")
             result["table"], result["chosen_by"] = table_point(result, args.target_recall)

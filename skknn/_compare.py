@@ -20,12 +20,13 @@ _EUCLIDEAN = Metric("euclidean")
 # A sweep stops once its recall reaches this: more effort only costs speed.
 _SWEEP_STOP_RECALL = 0.999
 _TIMING_REPEATS = 3
+_WARM_UP_QUERIES = 200
 
 
 class _Method:
     """One search method: ``fit``, ``query`` and its effort settings."""
 
-    #: pip name of the package it needs, or None for skknn's own.
+    #: (module to import, pip package) it needs, or None for skknn's own.
     requires = None
 
     def __init__(self, key, name):
@@ -245,7 +246,10 @@ def measure(method, args, X_train, X_test, reference, log):
             log(f"    {effort}: recall@{k}={recall:.3f}, {qps:,.0f} queries/s")
         return point
 
-    for effort in method.efforts():
+    efforts = method.efforts()
+    # One untimed call first: lazy imports and compiled kernels load on first use.
+    method.query(X_test[:_WARM_UP_QUERIES], k, efforts[0])
+    for effort in efforts:
         if run(effort)["recall"] >= _SWEEP_STOP_RECALL:
             break
     if "fitted" not in result and (fitted is not None or method.requires is None):

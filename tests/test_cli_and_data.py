@@ -167,6 +167,24 @@ def test_bad_arguments_exit_non_zero_with_a_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_a_method_failing_on_the_data_is_reported_and_skipped(monkeypatch, capsys):
+    from skknn import _compare
+
+    def broken_fit(self, X, args):
+        raise RuntimeError("index build failed")
+
+    monkeypatch.setattr(_compare._SkknnMethod, "fit", broken_fit)
+    assert main(FAST) == 1  # exact search is the reference: nothing to compare against
+    assert "NearestNeighbors (exact, brute) failed: RuntimeError" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setattr(_compare._Hnswlib, "available", lambda self: True)
+    monkeypatch.setattr(_compare._Hnswlib, "fit", broken_fit)
+    assert main(["--estimators", "hnswlib", "learned-pca"]) == 0
+    captured = capsys.readouterr()
+    assert "hnswlib HNSW (M=16) failed, skipped: RuntimeError: index build failed" in captured.err
+    assert "LearnedNeighbors (PCA)" in captured.out and "hnswlib" not in captured.out
+
+
 def test_missing_peer_requested_is_a_clear_error(monkeypatch, capsys):
     from skknn import _compare
 
