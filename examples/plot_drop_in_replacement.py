@@ -58,7 +58,8 @@ for name, nn in [
 
 # %%
 # ``radius_neighbors`` on an approximate index searches the same candidates as
-# ``kneighbors``: the probed clusters for ClusterFilteredKNN, only the
-# re-ranked k-NN candidates for LearnedNeighbors, so it can miss points (see
-# the counts above); with every cluster probed (``n_probe=n_clusters``) or with
+# ``kneighbors``: the probed clusters for ClusterFilteredKNN, the k-NN
+# candidates for LearnedNeighbors (a query whose candidates all fall within
+# the radius is searched exactly), so it can miss points (compare the counts
+# above); with every cluster probed (``n_probe=n_clusters``) or with
 # ``embedder='passthrough', backend='brute'`` both estimators are exact.

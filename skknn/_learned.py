@@ -129,8 +129,10 @@ class LearnedNeighbors(SearchBase):
     Notes
     -----
     ``radius_neighbors`` searches the same candidates as ``kneighbors`` with
-    the constructor's ``n_neighbors``; outside the exact setting it cannot
-    return more points than that and may miss some within the radius.
+    the constructor's ``n_neighbors``, so it may miss points within the
+    radius. A query whose candidates *all* lie within the radius (the ball may
+    hold more points than were looked at) is searched exactly instead, so
+    results are never cut off at the number of candidates.
 
     Examples
     --------
@@ -289,7 +291,16 @@ class LearnedNeighbors(SearchBase):
         if self._exact:
             return exact_radius(self._metric, Q, self._X, radius, self._n_jobs)
         candidates = self._candidates(Q, self._n_candidates(self.n_neighbors, params))
-        return candidate_radius(self._metric, Q, self._X, candidates, radius, self._n_jobs)
+        dist, ind = candidate_radius(self._metric, Q, self._X, candidates, radius, self._n_jobs)
+        # Where every candidate lies within the radius, the ball may hold more
+        # points than were looked at: search those queries exactly.
+        n_valid = (candidates >= 0).sum(axis=1)
+        full = np.flatnonzero(np.array([len(i) for i in ind]) >= n_valid)
+        if len(full) and candidates.shape[1] < self.n_samples_fit_:
+            d, i = exact_radius(self._metric, Q[full], self._X, radius, self._n_jobs)
+            for row, d_row, i_row in zip(full, d, i):
+                dist[row], ind[row] = d_row, i_row
+        return dist, ind
 
     def _default_search_params(self):
         if self._exact:

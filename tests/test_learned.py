@@ -220,6 +220,27 @@ def test_radius_neighbors_approximate_is_subset_of_exact(blobs_fit):
     assert graph.nnz == sum(len(i) for i in ind)
 
 
+def test_radius_larger_than_the_candidates_falls_back_to_exact(blobs_fit):
+    nn, X_train, X_test = blobs_fit
+    n_candidates = nn.search_params_["candidates_per_neighbor"] * nn.n_neighbors
+    ref = NearestNeighbors().fit(X_train)
+    ref_dist, _ = ref.kneighbors(X_test, n_neighbors=2 * n_candidates)
+    radius = float(np.median(ref_dist[:, -1]))
+    dist, ind = nn.radius_neighbors(X_test, radius=radius, sort_results=True)
+    ref_dist, ref_ind = ref.radius_neighbors(X_test, radius=radius, sort_results=True)
+    # Never cut off at the number of candidates: a query whose candidates all
+    # fell within the radius was searched exactly, and some balls are larger.
+    capped = np.flatnonzero([len(i) >= n_candidates for i in ind])
+    assert 0 < len(capped) < len(ind)
+    assert max(len(i) for i in ind) > n_candidates
+    assert_same_radius([dist[r] for r in capped], [ind[r] for r in capped],
+                       [ref_dist[r] for r in capped], [ref_ind[r] for r in capped], radius,
+                       np.abs(X_train).max())
+    # The others: the candidates within the radius, a subset of the exact answer.
+    for r in np.setdiff1d(np.arange(len(ind)), capped):
+        assert set(ind[r]) <= set(ref_ind[r]) and np.all(dist[r] <= radius)
+
+
 def test_graphs_and_transform_follow_kneighbors_transformer(rng):
     X = rng.randn(50, 4)
     nn = exact(n_neighbors=3).fit(X)
