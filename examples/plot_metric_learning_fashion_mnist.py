@@ -29,7 +29,7 @@ from skknn.datasets import load_fashion_mnist
 
 try:
     X_train, y_train, X_test, y_test = load_fashion_mnist()
-    X_train, y_train, X_test, y_test = X_train[:10_000], y_train[:10_000], X_test, y_test
+    X_train, y_train = X_train[:10_000], y_train[:10_000]
     data = "Fashion-MNIST (10k train, 10k test)"
 except FileNotFoundError as exc:
     print(exc)
