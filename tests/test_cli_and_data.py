@@ -185,6 +185,23 @@ def test_a_method_failing_on_the_data_is_reported_and_skipped(monkeypatch, capsy
     assert "LearnedNeighbors (PCA)" in captured.out and "hnswlib" not in captured.out
 
 
+def test_default_digits_run_leaves_out_the_slow_starting_methods():
+    from skknn._cli import _chosen_methods, _parser
+
+    def keys(argv):
+        chosen, note = _chosen_methods(_parser().parse_args(argv), lambda message: None)
+        return [m.key for m in chosen], note
+
+    default, note = keys([])
+    assert default[0] == "exact" and {"learned-ae", "cluster-mlp", "cluster-centroid"} <= set(default)
+    assert "pynndescent" not in default and "learned-ae-nnd" not in default
+    assert "--estimators" in note
+    named, note = keys(["--estimators", "pynndescent", "learned-ae-nnd"])
+    assert named == ["exact", "pynndescent", "learned-ae-nnd"] and note is None
+    fashion, note = keys(["--dataset", "fashion-mnist"])
+    assert "learned-ae-nnd" in fashion and note is None
+
+
 def test_missing_peer_requested_is_a_clear_error(monkeypatch, capsys):
     from skknn import _compare
 
