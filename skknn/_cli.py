@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -59,41 +60,59 @@ def _positive_int(text):
     return value
 
 
-def _check_arrays(train, test, source):
-    for name, array in (("train", train), ("test", test)):
+_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile)
+
+
+def _read_npz(path):
+    """The 'train' and 'test' arrays of an .npz file as float32, or a ValueError."""
+    def unreadable(exc):
+        return ValueError(f"{path}: not a readable .npz file ({exc}).")
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except _UNREADABLE as exc:
+        raise unreadable(exc) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: holds a single array, not an .npz archive; save with "
+                         "numpy.savez(FILE, train=..., test=...).")
+    with loaded as npz:
+        missing = [key for key in ("train", "test") if key not in npz.files]
+        if missing:
+            raise ValueError(
+                f"{path}: no array named {' or '.join(map(repr, missing))} (found: "
+                f"{', '.join(npz.files) or 'none'}); save with "
+                "numpy.savez(FILE, train=..., test=...)."
+            )
+        try:
+            arrays = {"train": npz["train"], "test": npz["test"]}
+        except _UNREADABLE as exc:
+            raise unreadable(exc) from None
+    for name, array in arrays.items():
         if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
-            raise ValueError(f"{source}: '{name}' must be a non-empty 2-D array, got shape "
+            raise ValueError(f"{path}: '{name}' must be a non-empty 2-D array, got shape "
                              f"{array.shape}.")
         if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-            raise ValueError(f"{source}: '{name}' must hold real numbers, got dtype "
+            raise ValueError(f"{path}: '{name}' must hold real numbers, got dtype "
                              f"{array.dtype}.")
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{source}: '{name}' contains NaN or infinity.")
-    if train.shape[1] != test.shape[1]:
-        raise ValueError(f"{source}: 'train' has {train.shape[1]} features but 'test' has "
-                         f"{test.shape[1]}.")
+        with np.errstate(over="ignore"):
+            arrays[name] = array.astype(np.float32)
+        if not np.all(np.isfinite(arrays[name])):
+            raise ValueError(f"{path}: '{name}' contains NaN or infinity (or values too large "
+                             "for float32).")
+    if arrays["train"].shape[1] != arrays["test"].shape[1]:
+        raise ValueError(f"{path}: 'train' has {arrays['train'].shape[1]} features but 'test' "
+                         f"has {arrays['test'].shape[1]}.")
+    return arrays["train"], arrays["test"]
 
 
 def _load(args):
     """(name, X_train, X_test) as float32, or ValueError/OSError with a message."""
     if args.data is not None:
-        try:
-            with np.load(args.data, allow_pickle=False) as npz:
-                missing = [key for key in ("train", "test") if key not in npz.files]
-                if missing:
-                    raise ValueError(
-                        f"{args.data}: no array named {' or '.join(map(repr, missing))} "
-                        f"(found: {', '.join(npz.files) or 'none'}); save with "
-                        "numpy.savez(FILE, train=..., test=...)."
-                    )
-                train, test = npz["train"], npz["test"]
-        except (ValueError, OSError) as exc:
-            if isinstance(exc, FileNotFoundError) or str(exc).startswith(str(args.data)):
-                raise
-            raise ValueError(f"{args.data}: not a readable .npz file ({exc}).") from None
-        _check_arrays(train, test, args.data)
+        train, test = _read_npz(args.data)
         n_queries = args.n_queries or _DEFAULT_QUERIES["file"]
-        return args.data, train.astype(np.float32), test[:n_queries].astype(np.float32)
+        return args.data, train, test[:n_queries]
     if args.dataset == "digits":
         from sklearn.datasets import load_digits
 
@@ -123,8 +142,9 @@ def _chosen_methods(args, log):
     note = None
     if requested is None and args.data is None and args.dataset == "digits":
         # Keep the default run under a minute on a fresh install.
-        note = (f"Not in the default digits run: {', '.join(_SLOW_START)} (pynndescent compiles for "
-                "~1 min on first use);\nadd them with --estimators, or run --dataset fashion-mnist.")
+        note = (f"Not in the default digits run: {', '.join(_SLOW_START)} (pynndescent "
+                "compiles for ~1 min on first use);\nadd them with --estimators, or run "
+                "--dataset fashion-mnist.")
         log(note.replace("\n", " "))
         keys = [key for key in keys if key not in _SLOW_START]
     chosen = []

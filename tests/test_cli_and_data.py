@@ -143,6 +143,18 @@ def test_unreadable_files_are_clear_errors(tmp_path, capsys):
     text.write_text("not numpy")
     assert main(["--data", str(text)]) == 1
     assert "not a readable .npz file" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.npz"
+    np.savez(corrupt, train=np.ones((5, 3)), test=np.ones((2, 3)))
+    corrupt.write_bytes(corrupt.read_bytes()[:-40])
+    assert main(["--data", str(corrupt)]) == 1
+    assert "not a readable .npz file" in capsys.readouterr().err
+    single = tmp_path / "single.npy"
+    np.save(single, np.ones((5, 3)))
+    assert main(["--data", str(single)]) == 1
+    assert "not an .npz archive" in capsys.readouterr().err
+    huge = _bad_npz(tmp_path, train=np.full((5, 3), 1e300), test=np.ones((2, 3)))
+    assert main(["--data", huge]) == 1
+    assert "too large for float32" in capsys.readouterr().err
     assert main(["--data", str(tmp_path / "absent.npz")]) == 1
     assert "absent.npz" in capsys.readouterr().err
 
@@ -193,7 +205,8 @@ def test_default_digits_run_leaves_out_the_slow_starting_methods():
         return [m.key for m in chosen], note
 
     default, note = keys([])
-    assert default[0] == "exact" and {"learned-ae", "cluster-mlp", "cluster-centroid"} <= set(default)
+    assert default[0] == "exact"
+    assert {"learned-ae", "cluster-mlp", "cluster-centroid"} <= set(default)
     assert "pynndescent" not in default and "learned-ae-nnd" not in default
     assert "--estimators" in note
     named, note = keys(["--estimators", "pynndescent", "learned-ae-nnd"])
