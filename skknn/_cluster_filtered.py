@@ -331,9 +331,16 @@ class ClusterFilteredKNN(SearchBase):
     def _route(self, Q, n_probe):
         if self._router is None:
             return self._centroid_route(Q, n_probe)
-        logits = self._router(self._router_input(Q))
+        with np.errstate(over="ignore", invalid="ignore"):
+            logits = self._router(self._router_input(Q))
         clusters = np.broadcast_to(np.arange(self.n_clusters_), logits.shape)
-        return _sorted_topk(-logits, clusters, n_probe)[1]
+        probes = _sorted_topk(-logits, clusters, n_probe)[1]
+        # Queries far outside the training range can overflow the network:
+        # route those by the nearest centres rather than by NaN or inf.
+        lost = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+        if len(lost):
+            probes[lost] = self._centroid_route(Q[lost], n_probe)
+        return probes
 
     def route(self, X, n_probe=None):
         """The clusters each query is sent to, most promising first.

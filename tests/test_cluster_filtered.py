@@ -116,6 +116,21 @@ def test_reassigned_search_params_are_checked(fitted, blobs, params):
         nn.radius_neighbors(blobs[1], radius=1.0)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_queries_overflowing_the_router_are_routed_by_centroid(blobs):
+    X_train, X_test = blobs
+    nn = ClusterFilteredKNN(n_neighbors=3, n_clusters=25, n_probe=2, random_state=0,
+                            **FAST_ROUTER).fit(X_train)
+    Q = X_test[:4].copy()
+    Q[0] = 1e300  # overflows float32, and the network in float64
+    probes = nn.route(Q)
+    assert len(set(probes[0])) == 2 and np.all((probes >= 0) & (probes < 25))
+    assert_array_equal(probes[0], nn._centroid_route(Q[:1], 2)[0])
+    assert_array_equal(probes[1:], nn.route(Q[1:]))
+    dist, ind = nn.kneighbors(Q)
+    assert np.all(ind >= 0) and np.all(np.isfinite(dist[1:]))
+
+
 def test_mlp_router_learns_where_neighbours_are(blobs):
     X_train, X_test = blobs
     nn = ClusterFilteredKNN(n_neighbors=10, n_clusters=25, n_probe=5, random_state=0,
