@@ -43,6 +43,9 @@ _EXACT_GRAPH_UP_TO = 20_000
 # of larger data sets.
 _GRAPH_PROBE_SHARE = 0.1
 _EUCLIDEAN = Metric("euclidean")
+# Queries whose router input is this many times (squared) beyond the farthest
+# training input are routed by centroid: the network was never trained there.
+_ROUTER_RANGE = 1e4
 
 
 class ClusterFilteredKNN(SearchBase):
@@ -312,8 +315,10 @@ class ClusterFilteredKNN(SearchBase):
             draw_seed(rng),
         )
         loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+        inputs = self._router_input(X[train_rows])
+        self._router_sqmax = float(np.max(np.einsum("ij,ij->i", inputs, inputs), initial=0.0))
         self.history_ = train(
-            model, loss, self._router_input(X[train_rows]), targets,
+            model, loss, inputs, targets,
             params=training_params(self), rng=rng, owner=type(self).__name__,
         )
         self.n_iter_ = len(self.history_["loss"])
@@ -332,12 +337,15 @@ class ClusterFilteredKNN(SearchBase):
         if self._router is None:
             return self._centroid_route(Q, n_probe)
         with np.errstate(over="ignore", invalid="ignore"):
-            logits = self._router(self._router_input(Q))
+            inputs = self._router_input(Q)
+            logits = self._router(inputs)
+            far = np.einsum("ij,ij->i", inputs.astype(np.float64), inputs.astype(np.float64))
+            far = ~(far <= _ROUTER_RANGE * max(self._router_sqmax, 1e-30))
         clusters = np.broadcast_to(np.arange(self.n_clusters_), logits.shape)
         probes = _sorted_topk(-logits, clusters, n_probe)[1]
-        # Queries far outside the training range can overflow the network:
-        # route those by the nearest centres rather than by NaN or inf.
-        lost = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+        # Queries far outside the training data (where the network only
+        # extrapolates, or overflows) are routed by the nearest centres.
+        lost = np.flatnonzero(far | ~np.isfinite(logits).all(axis=1))
         if len(lost):
             probes[lost] = self._centroid_route(Q[lost], n_probe)
         return probes

@@ -26,6 +26,9 @@ _EFFORT_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 2
 # pynndescent's search slack (its query ``epsilon``) and graph degree.
 _NNDESCENT_EPSILON = 0.1
 _NNDESCENT_DEGREE = 30
+# A query code this many times (squared) beyond the farthest fitted code is
+# searched exactly: the index cannot rank fitted codes from that far out.
+_CODE_RANGE = 1e4
 _PYNNDESCENT_METRICS = {
     "euclidean": "euclidean",
     "sqeuclidean": "euclidean",
@@ -214,7 +217,8 @@ class LearnedNeighbors(SearchBase):
         self._index_metric = self._metric if self.embedder_ is None else Metric("euclidean")
         if self._exact:
             return
-        Z = self._embed(X)
+        Z, _ = self._embed(X)
+        self._code_sqmax = float(np.max(_sqnorm(Z), initial=0.0))
         if self.backend_ == "brute":
             self._Z = Z
             self._Z_sqnorm = np.einsum("ij,ij->i", Z, Z)
@@ -235,21 +239,39 @@ class LearnedNeighbors(SearchBase):
         self._log(f"fitting {type(embedder).__name__} on {X.shape[0]} rows")
         return embedder.fit(X)
 
-    def _embed(self, X):
+    def _embed(self, X, queries=False):
+        """Codes of ``X`` (float32) and which rows the index can rank.
+
+        Non-finite codes of fitted points are an error. A query whose code is
+        not finite, or lies over ``sqrt(_CODE_RANGE)`` times farther out than
+        any fitted code (far outside the training data: float32 distances
+        to it no longer rank the fitted codes), gets zeros here and is
+        searched exactly by the caller.
+        """
         if self.embedder_ is None:
-            return X
-        Z = self.embedder_.transform(X)
-        if issparse(Z) or np.ndim(Z) != 2 or len(Z) != len(X):
-            raise ValueError(
-                f"embedder {type(self.embedder_).__name__} must return a dense 2-D array "
-                f"with one row per sample, got {type(Z).__name__} of shape {np.shape(Z)}."
-            )
-        Z = np.ascontiguousarray(Z, dtype=np.float32)
-        if not np.isfinite(Z).all():
-            raise ValueError(
-                f"embedder {type(self.embedder_).__name__} returned non-finite values."
-            )
-        return Z
+            Z = X
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                Z = self.embedder_.transform(X)
+                if issparse(Z) or np.ndim(Z) != 2 or len(Z) != len(X):
+                    raise ValueError(
+                        f"embedder {type(self.embedder_).__name__} must return a dense 2-D "
+                        f"array with one row per sample, got {type(Z).__name__} of shape "
+                        f"{np.shape(Z)}."
+                    )
+                Z = np.array(Z, dtype=np.float32, order="C")
+        finite = np.isfinite(Z).all(axis=1)
+        if queries:
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite &= _sqnorm(Z) <= _CODE_RANGE * max(self._code_sqmax, 1e-30)
+        if not finite.all():
+            if not queries:
+                raise ValueError(
+                    f"embedder {type(self.embedder_).__name__} returned non-finite values."
+                )
+            Z = Z.copy() if Z is X else Z
+            Z[~finite] = 0.0
+        return Z, finite
 
     def _build_nndescent(self, Z, rng):
         from pynndescent import NNDescent
@@ -273,13 +295,16 @@ class LearnedNeighbors(SearchBase):
         return min(self.n_samples_fit_, max(k, params["candidates_per_neighbor"] * k))
 
     def _candidates(self, Q, n_candidates):
-        Zq = self._embed(Q)
+        Zq, finite = self._embed(Q, queries=True)
         if self.backend_ == "brute":
-            return block_topk(
+            candidates = block_topk(
                 self._index_metric, Zq, self._Z, n_candidates, self._Z_sqnorm, self._n_jobs
             )[1]
-        ind, dist = self._nndescent.query(Zq, k=n_candidates, epsilon=_NNDESCENT_EPSILON)
-        return _valid_candidates(ind, dist)
+        else:
+            ind, dist = self._nndescent.query(Zq, k=n_candidates, epsilon=_NNDESCENT_EPSILON)
+            candidates = _valid_candidates(ind, dist)
+        candidates[~finite] = -1  # no candidates: these queries are searched exactly
+        return candidates
 
     def _knn(self, Q, k, params):
         if self._exact:
@@ -316,6 +341,12 @@ class LearnedNeighbors(SearchBase):
             if c * self.n_neighbors >= self.n_samples_fit_:
                 break
         return efforts
+
+
+def _sqnorm(Z):
+    """Squared row norms in float64 (no overflow for float32 rows)."""
+    Z = np.asarray(Z, dtype=np.float64)
+    return np.einsum("ij,ij->i", Z, Z)
 
 
 def _valid_candidates(ind, dist):

@@ -123,10 +123,11 @@ def test_queries_overflowing_the_router_are_routed_by_centroid(blobs):
                             **FAST_ROUTER).fit(X_train)
     Q = X_test[:4].copy()
     Q[0] = 1e300  # overflows float32, and the network in float64
+    Q[1] = X_test[1] + 1e4  # finite, but far outside the training data
     probes = nn.route(Q)
     assert len(set(probes[0])) == 2 and np.all((probes >= 0) & (probes < 25))
-    assert_array_equal(probes[0], nn._centroid_route(Q[:1], 2)[0])
-    assert_array_equal(probes[1:], nn.route(Q[1:]))
+    assert_array_equal(probes[:2], nn._centroid_route(Q[:2], 2))
+    assert_array_equal(probes[2:], nn.route(Q[2:]))
     dist, ind = nn.kneighbors(Q)
     assert np.all(ind >= 0) and np.all(np.isfinite(dist[1:]))
 

@@ -220,6 +220,20 @@ def test_radius_neighbors_approximate_is_subset_of_exact(blobs_fit):
     assert graph.nnz == sum(len(i) for i in ind)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_queries_overflowing_the_embedder_are_searched_exactly(blobs_fit):
+    nn, X_train, X_test = blobs_fit
+    Q = X_test[:4].copy()
+    Q[0, 0] = 1e39  # beyond float32: the code overflows
+    dist, ind = nn.kneighbors(Q)
+    true = np.sqrt(((Q[0] - X_train) ** 2).sum(axis=1))
+    assert_allclose(dist[0], np.sort(true)[:10], rtol=1e-12)
+    assert_allclose(true[ind[0]], dist[0], rtol=1e-12)
+    assert_array_equal(ind[1:], nn.kneighbors(Q[1:])[1])
+    _, r_ind = nn.radius_neighbors(Q[:1], radius=np.sort(true)[400])
+    assert len(r_ind[0]) >= 401
+
+
 def test_radius_larger_than_the_candidates_falls_back_to_exact(blobs_fit):
     nn, X_train, X_test = blobs_fit
     n_candidates = nn.search_params_["candidates_per_neighbor"] * nn.n_neighbors
@@ -433,6 +447,12 @@ def test_pynndescent_backend(rng):
     assert recall_at_k(dist, ref_dist) >= 0.95 and nn.recall_ >= 0.95
     again = pickle.loads(pickle.dumps(nn))
     assert_array_equal(again.kneighbors(X[1400:])[1], ind)
+    # Queries far outside the data (one beyond float32) are searched exactly.
+    far = X[1400:1402] + np.array([[1e39], [1e6]])
+    for row, (d, i) in enumerate(zip(*nn.kneighbors(far))):
+        true = np.sqrt(((far[row] - X[:1400]) ** 2).sum(axis=1))
+        assert_allclose(d, np.sort(true)[:5], rtol=1e-12)
+        assert_allclose(true[i], d, rtol=1e-12)
 
 
 def test_padded_pynndescent_results_are_not_returned_twice():
