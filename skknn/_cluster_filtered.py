@@ -28,10 +28,12 @@ from ._search import (
     _query_batches,
     _sorted_topk,
     _split_rows,
+    beyond_range,
     block_topk,
     block_within,
     drop_self,
     exact_kneighbors,
+    max_sqnorm,
     rerank,
 )
 
@@ -43,9 +45,6 @@ _EXACT_GRAPH_UP_TO = 20_000
 # of larger data sets.
 _GRAPH_PROBE_SHARE = 0.1
 _EUCLIDEAN = Metric("euclidean")
-# Queries whose router input is this many times (squared) beyond the farthest
-# training input are routed by centroid: the network was never trained there.
-_ROUTER_RANGE = 1e4
 
 
 class ClusterFilteredKNN(SearchBase):
@@ -316,7 +315,7 @@ class ClusterFilteredKNN(SearchBase):
         )
         loss = keras.losses.CategoricalCrossentropy(from_logits=True)
         inputs = self._router_input(X[train_rows])
-        self._router_sqmax = float(np.max(np.einsum("ij,ij->i", inputs, inputs), initial=0.0))
+        self._router_sqmax = max_sqnorm(inputs)
         self.history_ = train(
             model, loss, inputs, targets,
             params=training_params(self), rng=rng, owner=type(self).__name__,
@@ -339,8 +338,7 @@ class ClusterFilteredKNN(SearchBase):
         with np.errstate(over="ignore", invalid="ignore"):
             inputs = self._router_input(Q)
             logits = self._router(inputs)
-            far = np.einsum("ij,ij->i", inputs.astype(np.float64), inputs.astype(np.float64))
-            far = ~(far <= _ROUTER_RANGE * max(self._router_sqmax, 1e-30))
+        far = beyond_range(inputs, self._router_sqmax)
         clusters = np.broadcast_to(np.arange(self.n_clusters_), logits.shape)
         probes = _sorted_topk(-logits, clusters, n_probe)[1]
         # Queries far outside the training data (where the network only

@@ -11,7 +11,15 @@ from ._autoencoder import AutoencoderEmbedder
 from ._base import SearchBase
 from ._keras import draw_seed
 from ._metrics import Metric
-from ._search import block_topk, candidate_radius, exact_kneighbors, exact_radius, rerank
+from ._search import (
+    beyond_range,
+    block_topk,
+    candidate_radius,
+    exact_kneighbors,
+    exact_radius,
+    max_sqnorm,
+    rerank,
+)
 
 # Fitted points from which backend='auto' builds a pynndescent graph instead
 # of brute-force search of the embedding. Measured on Fashion-MNIST codes
@@ -26,9 +34,6 @@ _EFFORT_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 2
 # pynndescent's search slack (its query ``epsilon``) and graph degree.
 _NNDESCENT_EPSILON = 0.1
 _NNDESCENT_DEGREE = 30
-# A query code this many times (squared) beyond the farthest fitted code is
-# searched exactly: the index cannot rank fitted codes from that far out.
-_CODE_RANGE = 1e4
 _PYNNDESCENT_METRICS = {
     "euclidean": "euclidean",
     "sqeuclidean": "euclidean",
@@ -218,7 +223,7 @@ class LearnedNeighbors(SearchBase):
         if self._exact:
             return
         Z, _ = self._embed(X)
-        self._code_sqmax = float(np.max(_sqnorm(Z), initial=0.0))
+        self._code_sqmax = max_sqnorm(Z)
         if self.backend_ == "brute":
             self._Z = Z
             self._Z_sqnorm = np.einsum("ij,ij->i", Z, Z)
@@ -243,10 +248,9 @@ class LearnedNeighbors(SearchBase):
         """Codes of ``X`` (float32) and which rows the index can rank.
 
         Non-finite codes of fitted points are an error. A query whose code is
-        not finite, or lies over ``sqrt(_CODE_RANGE)`` times farther out than
-        any fitted code (far outside the training data: float32 distances
-        to it no longer rank the fitted codes), gets zeros here and is
-        searched exactly by the caller.
+        not finite or far beyond every fitted code (see
+        :func:`~skknn._search.beyond_range`) gets zeros here and is searched
+        exactly by the caller.
         """
         if self.embedder_ is None:
             Z = X
@@ -260,10 +264,7 @@ class LearnedNeighbors(SearchBase):
                         f"{np.shape(Z)}."
                     )
                 Z = np.array(Z, dtype=np.float32, order="C")
-        finite = np.isfinite(Z).all(axis=1)
-        if queries:
-            with np.errstate(over="ignore", invalid="ignore"):
-                finite &= _sqnorm(Z) <= _CODE_RANGE * max(self._code_sqmax, 1e-30)
+        finite = ~beyond_range(Z, self._code_sqmax) if queries else np.isfinite(Z).all(axis=1)
         if not finite.all():
             if not queries:
                 raise ValueError(
@@ -341,12 +342,6 @@ class LearnedNeighbors(SearchBase):
             if c * self.n_neighbors >= self.n_samples_fit_:
                 break
         return efforts
-
-
-def _sqnorm(Z):
-    """Squared row norms in float64 (no overflow for float32 rows)."""
-    Z = np.asarray(Z, dtype=np.float64)
-    return np.einsum("ij,ij->i", Z, Z)
 
 
 def _valid_candidates(ind, dist):

@@ -22,6 +22,10 @@ _KERNEL_FROM = 50_000_000
 # re-sort, so that rows whose order the expanded formula got wrong at the
 # k-th place can still be picked.
 _EXTRA_SELECTED = 8
+# A query whose (network) representation lies this many times, squared,
+# beyond every fitted row's is out of range: the learned part only
+# extrapolates there, and float32 distances from it no longer rank anything.
+_FAR_RANGE = 1e4
 
 
 def _query_batches(n_queries, bytes_per_query, n_jobs=1):
@@ -200,6 +204,23 @@ def candidate_radius(metric, Q, X, candidates, radius, n_jobs=1):
     batches = _query_batches(len(Q), 2 * candidates.shape[1] * X.shape[1] * X.itemsize, n_jobs)
     parts = _run_batches(one, batches, n_jobs)
     return [d for p in parts for d in p[0]], [i for p in parts for i in p[1]]
+
+
+def max_sqnorm(Z):
+    """The largest squared row norm of ``Z``, in float64 (0 when empty)."""
+    Z = np.asarray(Z, dtype=np.float64)
+    return float(np.max(np.einsum("ij,ij->i", Z, Z), initial=0.0))
+
+
+def beyond_range(Z, sqmax):
+    """Rows of ``Z`` that are not finite or lie far beyond squared norm ``sqmax``.
+
+    ``sqmax`` is :func:`max_sqnorm` of the fitted rows; "far" is more than
+    ``_FAR_RANGE`` times it.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return ~(np.einsum("ij,ij->i", Z, Z) <= _FAR_RANGE * max(sqmax, 1e-30))
 
 
 def _split_rows(n_rows, rows, cols, dist):
