@@ -35,6 +35,11 @@ TRAINING_CONSTRAINTS = {
     "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
 }
 
+#: The ``'adaptive'`` schedule: how often and by how much it lowers the
+#: learning rate, and the patience after the first drop (divides
+#: ``n_iter_no_change``).
+LR_DROPS, LR_DIVISOR, LR_PATIENCE_DIVISOR = 2, 5.0, 3
+
 
 def training_params(estimator, **overrides):
     """The ``params`` of :func:`train`, read from an estimator's settings."""
@@ -46,6 +51,7 @@ def training_params(estimator, **overrides):
         "n_iter_no_change": estimator.n_iter_no_change,
         "tol": getattr(estimator, "tol", 1e-4),
         "verbose": estimator.verbose,
+        "learning_rate_schedule": getattr(estimator, "learning_rate_schedule", "constant"),
     }
     return {**params, **overrides}
 
@@ -95,19 +101,41 @@ def apply_scaling(X, mean, scale):
     return ((X - mean) / scale).astype(X.dtype, copy=False)
 
 
-def build_mlp(n_inputs, layer_sizes, activations, seed):
-    """A Keras ``Sequential`` of ``Dense`` layers with seeded initialisers."""
+def build_mlp(n_inputs, layer_sizes, activations, seed, batch_norm_momentum=None):
+    """A Keras ``Sequential`` of ``Dense`` layers with seeded initialisers.
+
+    With ``batch_norm_momentum``, every layer but the last is ``Dense``
+    (without bias) -> ``BatchNormalization(momentum=batch_norm_momentum)`` ->
+    activation; :meth:`MLPWeights.from_keras` folds the normalisation back into
+    the dense weights.
+    """
     keras = import_keras()
     layers = [keras.Input(shape=(n_inputs,))]
     for i, (size, activation) in enumerate(zip(layer_sizes, activations)):
+        normalised = batch_norm_momentum is not None and i < len(layer_sizes) - 1
         layers.append(
             keras.layers.Dense(
                 size,
-                activation=activation,
+                activation=None if normalised else activation,
+                use_bias=not normalised,
                 kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i),
             )
         )
+        if normalised:
+            layers.append(keras.layers.BatchNormalization(momentum=batch_norm_momentum))
+            layers.append(keras.layers.Activation(activation))
     return keras.Sequential(layers)
+
+
+def batch_norm_momentum(n_train, batch_size):
+    """Momentum of the running statistics: they average about one epoch.
+
+    Keras' default 0.99 (a memory of ~100 steps) is kept when an epoch has at
+    least that many batches; small data sets get a shorter memory, so the
+    statistics used for validation and inference follow the current weights.
+    """
+    steps = max(1, -(-n_train // batch_size))
+    return float(min(0.99, max(0.0, 1.0 - 1.0 / steps)))
 
 
 def pairwise_distances(ops, A):
@@ -135,12 +163,30 @@ class MLPWeights:
         self.layers = [(np.asarray(W), np.asarray(b), act) for W, b, act in layers]
 
     @classmethod
-    def from_keras(cls, model, start=0, stop=None):
-        """Copy the weights of ``model.layers[start:stop]`` (all ``Dense``)."""
+    def from_keras(cls, model):
+        """Copy the weights of a :func:`build_mlp` network.
+
+        A ``BatchNormalization`` layer (in inference mode: its running
+        statistics) is folded into the ``Dense`` layer before it, and an
+        ``Activation`` layer becomes that layer's activation.
+        """
+        keras = import_keras()
         layers = []
-        for layer in model.layers[start:stop]:
-            W, b = (np.asarray(w) for w in layer.get_weights())
-            layers.append((W, b, layer.activation.__name__))
+        for layer in model.layers:
+            weights = [np.asarray(w) for w in layer.get_weights()]
+            if isinstance(layer, keras.layers.Dense):
+                W = weights[0]
+                b = weights[1] if layer.use_bias else np.zeros(W.shape[1], W.dtype)
+                layers.append([W, b, layer.activation.__name__])
+            elif isinstance(layer, keras.layers.BatchNormalization):
+                gamma, beta, mean, var = weights
+                factor = gamma / np.sqrt(var + layer.epsilon)
+                W, b, _ = layers[-1]
+                layers[-1][:2] = W * factor, (b - mean) * factor + beta
+            elif isinstance(layer, keras.layers.Activation):
+                layers[-1][2] = layer.activation.__name__
+            else:
+                raise TypeError(f"cannot convert a {type(layer).__name__} layer")
         return cls(layers)
 
     @property
@@ -182,7 +228,13 @@ def train(model, loss, X, Y, *, params, rng, owner, batch_order=None):
         Inputs and targets (float32).
     params : dict
         ``epochs``, ``batch_size``, ``learning_rate``,
-        ``validation_fraction``, ``n_iter_no_change``, ``tol``, ``verbose``.
+        ``validation_fraction``, ``n_iter_no_change``, ``tol``, ``verbose``
+        and optionally ``learning_rate_schedule``: ``'constant'`` (default:
+        stop once the monitored loss has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs) or ``'adaptive'`` (the first
+        ``LR_DROPS`` times, go back to the best weights and divide the learning
+        rate by ``LR_DIVISOR`` instead of stopping; the patience becomes
+        ``n_iter_no_change // LR_PATIENCE_DIVISOR``).
     rng : numpy.random.RandomState
         Source of the validation split and the per-epoch shuffles.
     owner : str
@@ -196,15 +248,17 @@ def train(model, loss, X, Y, *, params, rng, owner, batch_order=None):
     Returns
     -------
     history : dict of lists
-        ``'loss'`` per epoch, and ``'val_loss'`` when a validation set is used.
-        The best weights (lowest monitored loss) are restored at the end.
+        ``'loss'`` per epoch, ``'val_loss'`` when a validation set is used, and
+        ``'learning_rate'`` with the adaptive schedule. The best weights
+        (lowest monitored loss) are restored at the end.
     """
     keras = import_keras()
     train_rows, val_rows = _split_validation(len(X), params["validation_fraction"], rng)
     batch_size = min(params["batch_size"], len(train_rows))
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=params["learning_rate"]), loss=loss
-    )
+    optimizer = keras.optimizers.Adam(learning_rate=params["learning_rate"])
+    model.compile(optimizer=optimizer, loss=loss)
+    drops_left = LR_DROPS if params.get("learning_rate_schedule") == "adaptive" else 0
+    patience = params["n_iter_no_change"]
     if batch_order is None:
         def batch_order(rows, rng):
             return rows[rng.permutation(len(rows))]
@@ -212,6 +266,8 @@ def train(model, loss, X, Y, *, params, rng, owner, batch_order=None):
     validation = (X[val_rows], Y[val_rows]) if len(val_rows) else None
     monitor = "val_loss" if validation is not None else "loss"
     history = {"loss": []} if validation is None else {"loss": [], "val_loss": []}
+    if drops_left:
+        history["learning_rate"] = []
     best, best_weights, stale = np.inf, None, 0
     for epoch in range(params["epochs"]):
         tic = time.perf_counter()
@@ -220,8 +276,11 @@ def train(model, loss, X, Y, *, params, rng, owner, batch_order=None):
             X[order], Y[order], batch_size=batch_size, epochs=1, shuffle=False,
             validation_data=validation, validation_batch_size=batch_size, verbose=0,
         ).history
-        for key in history:
-            history[key].append(float(logs[key][-1]))
+        for key in ("loss", "val_loss"):
+            if key in history:
+                history[key].append(float(logs[key][-1]))
+        if "learning_rate" in history:
+            history["learning_rate"].append(float(optimizer.learning_rate))
         current = history[monitor][-1]
         if params["verbose"]:
             shown = ", ".join(f"{key}={vals[-1]:.5g}" for key, vals in history.items())
@@ -235,14 +294,18 @@ def train(model, loss, X, Y, *, params, rng, owner, batch_order=None):
                 f"[{owner}] training diverged at epoch {epoch + 1} ({monitor}={current}); "
                 "lower learning_rate."
             )
-        if current < best - params["tol"]:
-            stale = 0
-        else:
-            stale += 1
+        stale = 0 if current < best - params["tol"] else stale + 1
         if current < best:
             best, best_weights = current, model.get_weights()
-        if stale >= params["n_iter_no_change"]:
-            break
+        if stale >= patience:
+            if not drops_left:
+                break
+            # Back to the best weights, with a smaller step.
+            model.set_weights(best_weights)
+            optimizer.learning_rate.assign(float(optimizer.learning_rate) / LR_DIVISOR)
+            drops_left -= 1
+            stale = 0
+            patience = max(1, params["n_iter_no_change"] // LR_PATIENCE_DIVISOR)
     else:
         warnings.warn(
             f"[{owner}] stopped after epochs={params['epochs']} while {monitor} was "

@@ -1,0 +1,113 @@
+"""Shared Keras helpers: batch normalisation folding and the training loop."""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from skknn._keras import (
+    LR_DIVISOR,
+    MLPWeights,
+    batch_norm_momentum,
+    build_mlp,
+    import_keras,
+    train,
+)
+
+
+def test_batch_norm_folds_into_the_numpy_weights():
+    rng = np.random.RandomState(0)
+    X = rng.randn(200, 6).astype(np.float32) * 3 + 1
+    model = build_mlp(6, [5, 4, 3], ["relu", "tanh", "linear"], 0, batch_norm_momentum=0.5)
+    # Train a little so that scales, shifts and running statistics move.
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(X, rng.randn(200, 3).astype(np.float32), epochs=3, batch_size=32, verbose=0)
+    keras = import_keras()
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 2
+    network = MLPWeights.from_keras(model)
+    assert [act for _, _, act in network.layers] == ["relu", "tanh", "linear"]
+    expected = np.asarray(model(X, training=False))
+    assert_allclose(network(X), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mlp_without_batch_norm_is_dense_only():
+    model = build_mlp(6, [5, 3], ["relu", "linear"], 0)
+    network = MLPWeights.from_keras(model)
+    X = np.random.RandomState(0).randn(10, 6).astype(np.float32)
+    assert len(model.layers) == len(network.layers) == 2
+    assert_allclose(network(X), np.asarray(model(X)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "n_train, batch_size, expected",
+    [(54_000, 256, 0.99), (540, 64, 1 - 1 / 9), (64, 64, 0.0), (10, 64, 0.0)],
+)
+def test_batch_norm_momentum_spans_about_an_epoch(n_train, batch_size, expected):
+    assert batch_norm_momentum(n_train, batch_size) == pytest.approx(expected)
+
+
+class _ScriptedModel:
+    """Stands in for a Keras model: replays a scripted loss per epoch.
+
+    Its "weights" are the number of the epoch that produced them, so the test
+    can see which epoch's weights were restored and when.
+    """
+
+    def __init__(self, losses):
+        self.losses = list(losses)
+        self.epoch = 0
+        self.weights = 0
+        self.restored = []
+
+    def compile(self, optimizer, loss):
+        self.optimizer = optimizer
+
+    def fit(self, *args, **kwargs):
+        loss = self.losses[self.epoch]
+        self.epoch += 1
+        self.weights = self.epoch
+
+        class History:
+            history = {"loss": [loss]}
+
+        return History()
+
+    def get_weights(self):
+        return self.weights
+
+    def set_weights(self, weights):
+        self.weights = weights
+        self.restored.append((self.epoch, weights))
+
+
+def _train(losses, schedule, n_iter_no_change=3):
+    model = _ScriptedModel(losses)
+    params = {
+        "epochs": len(losses), "batch_size": 4, "learning_rate": 1.0,
+        "validation_fraction": 0.0, "n_iter_no_change": n_iter_no_change, "tol": 0.0,
+        "verbose": 0, "learning_rate_schedule": schedule,
+    }
+    X = np.zeros((8, 1), dtype=np.float32)
+    history = train(model, "mse", X, X, params=params, rng=np.random.RandomState(0),
+                    owner="test")
+    return model, history
+
+
+def test_constant_schedule_stops_after_n_iter_no_change():
+    model, history = _train([5, 4, 3, 3.5, 3.2, 3.1, 1, 1, 1], "constant")
+    assert len(history["loss"]) == 6 and "learning_rate" not in history
+    assert model.restored == [(6, 3)]  # the best epoch (3) is restored at the end
+
+
+def test_adaptive_schedule_drops_the_rate_from_the_best_weights():
+    # Epoch:   1  2  3  4    5    6    7    8  9    10   11   12
+    losses = [5, 4, 3, 3.5, 3.2, 3.1, 2.5, 3, 2.6, 2.7, 2.8, 9, 9]
+    model, history = _train(losses, "adaptive")
+    # No improvement after epoch 3 for 3 epochs: back to epoch 3's weights,
+    # rate / 5; patience becomes 3 // 3 = 1. Epoch 7 improves; epoch 8 does
+    # not: back to epoch 7, rate / 25. Epoch 9 does not improve and no drop is
+    # left: stop, with epoch 7's weights.
+    assert model.restored == [(6, 3), (8, 7), (9, 7)]
+    assert history["learning_rate"] == pytest.approx(
+        [1.0] * 6 + [1 / LR_DIVISOR] * 2 + [1 / LR_DIVISOR**2]
+    )
+    assert len(history["loss"]) == 9
