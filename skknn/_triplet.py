@@ -20,6 +20,7 @@ from ._keras import (
     TRAINING_CONSTRAINTS,
     MLPWeights,
     apply_scaling,
+    batch_norm_momentum,
     build_mlp,
     check_hidden_sizes,
     draw_seed,
@@ -132,6 +133,12 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Dimension of the embedding.
     hidden_layer_sizes : tuple of int, default=(512, 256)
         Widths of the hidden layers.
+    batch_norm : bool, default=True
+        Batch normalisation after each hidden layer, before its ReLU (folded
+        into the layer's weights once fitted, so :meth:`transform` costs the
+        same). On Fashion-MNIST (5-NN test accuracy, seeds 0-2) the median went
+        from 0.8980 to 0.9008 without the adaptive schedule and from 0.9003
+        to 0.9046 with it.
     miner : {'semi_hard', 'batch_hard', 'batch_all'}, default='semi_hard'
         How triplets are mined in a batch: per (anchor, positive) pair the
         nearest negative farther than the positive ('semi_hard', FaceNet), per
@@ -139,20 +146,30 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         every valid triplet, averaged over those with a positive loss
         ('batch_all'). On Fashion-MNIST (60k, 32-d, 5-NN test accuracy, seed
         0): semi_hard 0.892, batch_hard 0.869, batch_all 0.865 with a
-        (256,) network; the defaults give 0.898 in ~30 s on 2 cores.
+        (256,) network and neither batch norm nor the adaptive schedule; the
+        defaults give 0.902-0.905 over seeds 0-2 in 38-50 s on 2 cores.
     margin : float, default=0.2
         Margin of the triplet loss ``max(d(a, p) - d(a, n) + margin, 0)``.
     normalize : bool, default=True
         L2-normalise the embeddings (in training and in :meth:`transform`).
     samples_per_class : int, default=8
         Examples of each class in a batch (K of the P x K sampling).
-    epochs : int, default=60
+    epochs : int, default=100
         Maximum passes over the training data.
     batch_size : int, default=256
         Rows per gradient step (rounded down to a multiple of
         ``samples_per_class``).
     learning_rate : float, default=1e-3
-        Adam's step size.
+        Adam's initial step size.
+    learning_rate_schedule : {'adaptive', 'constant'}, default='adaptive'
+        'constant': training stops once the monitored loss has not improved by
+        ``tol`` for ``n_iter_no_change`` epochs. 'adaptive': the first two
+        times that happens, training instead goes back to the best weights and
+        continues with the step size divided by 5, with a patience of
+        ``max(1, n_iter_no_change // 3)`` epochs from then on. On
+        Fashion-MNIST (seeds 0-2) the median 5-NN test accuracy went from
+        0.8980 to 0.9003 without batch norm and from 0.9008 to 0.9046 with
+        it, for ~13 more epochs (45-65 in all).
     validation_fraction : float, default=0.1
         Rows held out to monitor the loss for early stopping (0: none).
     n_iter_no_change : int, default=15
@@ -174,7 +191,8 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     scale_ : float
         Overall standard deviation used for standardisation.
     history_ : dict of list of float
-        ``'loss'`` per epoch, and ``'val_loss'`` when a validation set is used.
+        ``'loss'`` per epoch, ``'val_loss'`` when a validation set is used,
+        and ``'learning_rate'`` with the adaptive schedule.
     n_iter_ : int
         Number of epochs run.
     n_features_in_ : int
@@ -213,6 +231,8 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "miner": [StrOptions(set(MINERS))],
         "margin": [Interval(Real, 0, None, closed="neither")],
         "normalize": ["boolean"],
+        "batch_norm": ["boolean"],
+        "learning_rate_schedule": [StrOptions({"adaptive", "constant"})],
         "samples_per_class": [Interval(Integral, 2, None, closed="left")],
         **TRAINING_CONSTRAINTS,
         "batch_size": [Interval(Integral, 2, None, closed="left")],
@@ -226,13 +246,15 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         n_components=32,
         *,
         hidden_layer_sizes=(512, 256),
+        batch_norm=True,
         miner="semi_hard",
         margin=0.2,
         normalize=True,
         samples_per_class=8,
-        epochs=60,
+        epochs=100,
         batch_size=256,
         learning_rate=1e-3,
+        learning_rate_schedule="adaptive",
         validation_fraction=0.1,
         n_iter_no_change=15,
         tol=1e-4,
@@ -241,6 +263,7 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     ):
         self.n_components = n_components
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.batch_norm = batch_norm
         self.miner = miner
         self.margin = margin
         self.normalize = normalize
@@ -248,6 +271,7 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.epochs = epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.learning_rate_schedule = learning_rate_schedule
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
@@ -294,11 +318,16 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         rng = check_random_state(self.random_state)
         self.mean_, self.scale_ = fit_scaling(X)
         Xs = self._standardise(X).astype(np.float32)
+        batch_size = self._batch_size()
+        momentum = None
+        if self.batch_norm:
+            n_train = len(X) - int(self.validation_fraction * len(X))
+            momentum = batch_norm_momentum(n_train, batch_size)
         model = build_mlp(
             X.shape[1], hidden + [self.n_components], ["relu"] * len(hidden) + ["linear"],
-            draw_seed(rng),
+            draw_seed(rng), batch_norm_momentum=momentum,
         )
-        params = training_params(self, batch_size=self._batch_size())
+        params = training_params(self, batch_size=batch_size)
         self.history_ = train(
             model,
             _triplet_loss(self.miner, self.margin, self.normalize, self.samples_per_class - 1),

@@ -172,9 +172,21 @@ def test_fitted_attributes_and_transform(noisy_classes):
     assert_allclose(np.linalg.norm(Z, axis=1), 1.0, rtol=1e-5)
     assert_array_equal(emb.classes_, np.arange(5))
     assert emb.n_iter_ == len(emb.history_["loss"]) == len(emb.history_["val_loss"])
+    assert emb.history_["learning_rate"][0] == pytest.approx(emb.learning_rate)
     assert list(emb.get_feature_names_out()) == [f"tripletembedder{i}" for i in range(8)]
     raw = TripletEmbedder(**FAST, normalize=False, random_state=0).fit(X, y)
     assert not np.allclose(np.linalg.norm(raw.transform(X_test), axis=1), 1.0)
+
+
+def test_plain_network_and_constant_schedule(noisy_classes):
+    X, y, X_test, _ = noisy_classes
+    kw = {**FAST, "hidden_layer_sizes": (32, 16), "random_state": 0}
+    plain = TripletEmbedder(**kw, batch_norm=False, learning_rate_schedule="constant").fit(X, y)
+    assert set(plain.history_) == {"loss", "val_loss"}
+    normed = TripletEmbedder(**kw).fit(X, y)
+    # Batch norm is folded away: both are 3 dense layers at inference.
+    assert len(plain._network.layers) == len(normed._network.layers) == 3
+    assert not np.allclose(plain.transform(X_test), normed.transform(X_test))
 
 
 def test_grid_search_over_margin_and_miner(noisy_classes):
