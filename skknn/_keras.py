@@ -216,7 +216,7 @@ def _split_validation(n_samples, validation_fraction, rng):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def train(model, loss, X, Y, *, params, rng, owner, batch_order=None):
+def train(model, loss, X, Y, *, params, rng, owner, batch_order=None, drop_last=False):
     """Train ``model`` with Adam, seeded shuffling and early stopping.
 
     Parameters
@@ -244,6 +244,11 @@ def train(model, loss, X, Y, *, params, rng, owner, batch_order=None):
         ``rows`` in an epoch, consecutive ``batch_size`` slices forming the
         batches (e.g. P classes x K examples). A random permutation if None;
         validation rows are ordered once the same way.
+    drop_last : bool, default=False
+        Leave out each epoch's last, incomplete batch (other rows each epoch,
+        the order being redrawn), as networks with batch normalisation need:
+        a batch of a few rows would pull the running statistics towards its
+        own. All rows are kept when they fill less than one batch.
 
     Returns
     -------
@@ -272,6 +277,8 @@ def train(model, loss, X, Y, *, params, rng, owner, batch_order=None):
     for epoch in range(params["epochs"]):
         tic = time.perf_counter()
         order = batch_order(train_rows, rng)
+        if drop_last and len(order) > batch_size:
+            order = order[: len(order) // batch_size * batch_size]
         logs = model.fit(
             X[order], Y[order], batch_size=batch_size, epochs=1, shuffle=False,
             validation_data=validation, validation_batch_size=batch_size, verbose=0,

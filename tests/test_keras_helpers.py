@@ -57,11 +57,13 @@ class _ScriptedModel:
         self.epoch = 0
         self.weights = 0
         self.restored = []
+        self.rows = []
 
     def compile(self, optimizer, loss):
         self.optimizer = optimizer
 
-    def fit(self, *args, **kwargs):
+    def fit(self, X, Y, **kwargs):
+        self.rows.append(X[:, 0].tolist())
         loss = self.losses[self.epoch]
         self.epoch += 1
         self.weights = self.epoch
@@ -79,16 +81,16 @@ class _ScriptedModel:
         self.restored.append((self.epoch, weights))
 
 
-def _train(losses, schedule, n_iter_no_change=3):
+def _train(losses, schedule, n_iter_no_change=3, n_rows=8, drop_last=False):
     model = _ScriptedModel(losses)
     params = {
         "epochs": len(losses), "batch_size": 4, "learning_rate": 1.0,
         "validation_fraction": 0.0, "n_iter_no_change": n_iter_no_change, "tol": 0.0,
         "verbose": 0, "learning_rate_schedule": schedule,
     }
-    X = np.zeros((8, 1), dtype=np.float32)
+    X = np.arange(n_rows, dtype=np.float32)[:, None]
     history = train(model, "mse", X, X, params=params, rng=np.random.RandomState(0),
-                    owner="test")
+                    owner="test", drop_last=drop_last)
     return model, history
 
 
@@ -111,3 +113,15 @@ def test_adaptive_schedule_drops_the_rate_from_the_best_weights():
         [1.0] * 6 + [1 / LR_DIVISOR] * 2 + [1 / LR_DIVISOR**2]
     )
     assert len(history["loss"]) == 9
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("n_rows, drop_last, expected", [
+    (10, False, 10), (10, True, 8), (3, True, 3), (8, True, 8),
+])
+def test_drop_last_leaves_out_the_incomplete_batch(n_rows, drop_last, expected):
+    model, _ = _train([3, 2, 1], "constant", n_rows=n_rows, drop_last=drop_last)
+    assert all(len(rows) == expected for rows in model.rows)
+    # Each epoch draws its own order, so different rows are left out.
+    if expected < n_rows:
+        assert len({tuple(sorted(rows)) for rows in model.rows}) > 1
