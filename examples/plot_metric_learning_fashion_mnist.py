@@ -7,7 +7,7 @@ same class are close, with triplet loss. Here it is compared with raw pixels
 and PCA-32 as the input of a 5-NN classifier. To run in about a minute it
 trains on 10,000 of the 60,000 training images for 15 epochs; the full
 benchmark (``benchmarks/bench_triplet.py``: all 60k images, default settings)
-reaches 0.902-0.905 test accuracy (seeds 0-2) against 0.855 for raw pixels.
+reaches 0.901-0.903 test accuracy (seeds 0-2) against 0.855 for raw pixels.
 
 The data is looked up where :func:`skknn.datasets.load_fashion_mnist` looks
 (``SKKNN_FASHION_MNIST``, ``../shared/data/fashion-mnist``, Debian's
