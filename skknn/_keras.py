@@ -101,18 +101,18 @@ def apply_scaling(X, mean, scale):
     return ((X - mean) / scale).astype(X.dtype, copy=False)
 
 
-def build_mlp(n_inputs, layer_sizes, activations, seed, batch_norm_momentum=None):
+def build_mlp(n_inputs, layer_sizes, activations, seed, batch_norm=False):
     """A Keras ``Sequential`` of ``Dense`` layers with seeded initialisers.
 
-    With ``batch_norm_momentum``, every layer but the last is ``Dense``
-    (without bias) -> ``BatchNormalization(momentum=batch_norm_momentum)`` ->
-    activation; :meth:`MLPWeights.from_keras` folds the normalisation back into
-    the dense weights.
+    With ``batch_norm``, every layer but the last is ``Dense`` (without bias)
+    -> ``BatchNormalization`` -> activation; :func:`train` sets the running
+    statistics' momentum and :meth:`MLPWeights.from_keras` folds the
+    normalisation back into the dense weights.
     """
     keras = import_keras()
     layers = [keras.Input(shape=(n_inputs,))]
     for i, (size, activation) in enumerate(zip(layer_sizes, activations)):
-        normalised = batch_norm_momentum is not None and i < len(layer_sizes) - 1
+        normalised = batch_norm and i < len(layer_sizes) - 1
         layers.append(
             keras.layers.Dense(
                 size,
@@ -122,7 +122,7 @@ def build_mlp(n_inputs, layer_sizes, activations, seed, batch_norm_momentum=None
             )
         )
         if normalised:
-            layers.append(keras.layers.BatchNormalization(momentum=batch_norm_momentum))
+            layers.append(keras.layers.BatchNormalization())
             layers.append(keras.layers.Activation(activation))
     return keras.Sequential(layers)
 
@@ -136,6 +136,18 @@ def batch_norm_momentum(n_train, batch_size):
     """
     steps = max(1, -(-n_train // batch_size))
     return float(min(0.99, max(0.0, 1.0 - 1.0 / steps)))
+
+
+def _batch_norm_layers(model):
+    """The ``BatchNormalization`` layers of ``model``, nested models included."""
+    keras = import_keras()
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found.extend(_batch_norm_layers(layer))
+    return found
 
 
 def pairwise_distances(ops, A):
@@ -216,7 +228,7 @@ def _split_validation(n_samples, validation_fraction, rng):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def train(model, loss, X, Y, *, params, rng, owner, batch_order=None, drop_last=False):
+def train(model, loss, X, Y, *, params, rng, owner, batch_order=None):
     """Train ``model`` with Adam, seeded shuffling and early stopping.
 
     Parameters
@@ -244,11 +256,12 @@ def train(model, loss, X, Y, *, params, rng, owner, batch_order=None, drop_last=
         ``rows`` in an epoch, consecutive ``batch_size`` slices forming the
         batches (e.g. P classes x K examples). A random permutation if None;
         validation rows are ordered once the same way.
-    drop_last : bool, default=False
-        Leave out each epoch's last, incomplete batch (other rows each epoch,
-        the order being redrawn), as networks with batch normalisation need:
-        a batch of a few rows would pull the running statistics towards its
-        own. All rows are kept when they fill less than one batch.
+
+    A network with ``BatchNormalization`` layers gets the momentum of
+    :func:`batch_norm_momentum`, and each epoch's last, incomplete batch is
+    left out (other rows each epoch, the order being redrawn): a batch of a few
+    rows would pull the running statistics towards its own. All rows are kept
+    when they fill less than one batch.
 
     Returns
     -------
@@ -260,6 +273,9 @@ def train(model, loss, X, Y, *, params, rng, owner, batch_order=None, drop_last=
     keras = import_keras()
     train_rows, val_rows = _split_validation(len(X), params["validation_fraction"], rng)
     batch_size = min(params["batch_size"], len(train_rows))
+    batch_norms = _batch_norm_layers(model)
+    for layer in batch_norms:
+        layer.momentum = batch_norm_momentum(len(train_rows), batch_size)
     optimizer = keras.optimizers.Adam(learning_rate=params["learning_rate"])
     model.compile(optimizer=optimizer, loss=loss)
     drops_left = LR_DROPS if params.get("learning_rate_schedule") == "adaptive" else 0
@@ -277,7 +293,7 @@ def train(model, loss, X, Y, *, params, rng, owner, batch_order=None, drop_last=
     for epoch in range(params["epochs"]):
         tic = time.perf_counter()
         order = batch_order(train_rows, rng)
-        if drop_last and len(order) > batch_size:
+        if batch_norms and len(order) > batch_size:
             order = order[: len(order) // batch_size * batch_size]
         logs = model.fit(
             X[order], Y[order], batch_size=batch_size, epochs=1, shuffle=False,

@@ -20,7 +20,6 @@ from ._keras import (
     TRAINING_CONSTRAINTS,
     MLPWeights,
     apply_scaling,
-    batch_norm_momentum,
     build_mlp,
     check_hidden_sizes,
     draw_seed,
@@ -318,23 +317,17 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         rng = check_random_state(self.random_state)
         self.mean_, self.scale_ = fit_scaling(X)
         Xs = self._standardise(X).astype(np.float32)
-        batch_size = self._batch_size()
-        momentum = None
-        if self.batch_norm:
-            n_train = len(X) - int(self.validation_fraction * len(X))
-            momentum = batch_norm_momentum(n_train, batch_size)
         model = build_mlp(
             X.shape[1], hidden + [self.n_components], ["relu"] * len(hidden) + ["linear"],
-            draw_seed(rng), batch_norm_momentum=momentum,
+            draw_seed(rng), batch_norm=self.batch_norm,
         )
-        params = training_params(self, batch_size=batch_size)
+        params = training_params(self, batch_size=self._batch_size())
         self.history_ = train(
             model,
             _triplet_loss(self.miner, self.margin, self.normalize, self.samples_per_class - 1),
             Xs,
             codes.astype(np.float32), params=params, rng=rng, owner=type(self).__name__,
             batch_order=lambda rows, rng: _pk_order(rows, codes, self.samples_per_class, rng),
-            drop_last=self.batch_norm,
         )
         self.n_iter_ = len(self.history_["loss"])
         self._network = MLPWeights.from_keras(model)

@@ -17,12 +17,16 @@ from skknn._keras import (
 def test_batch_norm_folds_into_the_numpy_weights():
     rng = np.random.RandomState(0)
     X = rng.randn(200, 6).astype(np.float32) * 3 + 1
-    model = build_mlp(6, [5, 4, 3], ["relu", "tanh", "linear"], 0, batch_norm_momentum=0.5)
+    model = build_mlp(6, [5, 4, 3], ["relu", "tanh", "linear"], 0, batch_norm=True)
+    keras = import_keras()
+    batch_norms = [layer for layer in model.layers
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batch_norms) == 2
     # Train a little so that scales, shifts and running statistics move.
+    for layer in batch_norms:
+        layer.momentum = 0.5
     model.compile(optimizer="adam", loss="mse")
     model.fit(X, rng.randn(200, 3).astype(np.float32), epochs=3, batch_size=32, verbose=0)
-    keras = import_keras()
-    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 2
     network = MLPWeights.from_keras(model)
     assert [act for _, _, act in network.layers] == ["relu", "tanh", "linear"]
     expected = np.asarray(model(X, training=False))
@@ -52,8 +56,9 @@ class _ScriptedModel:
     can see which epoch's weights were restored and when.
     """
 
-    def __init__(self, losses):
+    def __init__(self, losses, layers=()):
         self.losses = list(losses)
+        self.layers = list(layers)
         self.epoch = 0
         self.weights = 0
         self.restored = []
@@ -81,8 +86,8 @@ class _ScriptedModel:
         self.restored.append((self.epoch, weights))
 
 
-def _train(losses, schedule, n_iter_no_change=3, n_rows=8, drop_last=False):
-    model = _ScriptedModel(losses)
+def _train(losses, schedule, n_iter_no_change=3, n_rows=8, layers=()):
+    model = _ScriptedModel(losses, layers)
     params = {
         "epochs": len(losses), "batch_size": 4, "learning_rate": 1.0,
         "validation_fraction": 0.0, "n_iter_no_change": n_iter_no_change, "tol": 0.0,
@@ -90,7 +95,7 @@ def _train(losses, schedule, n_iter_no_change=3, n_rows=8, drop_last=False):
     }
     X = np.arange(n_rows, dtype=np.float32)[:, None]
     history = train(model, "mse", X, X, params=params, rng=np.random.RandomState(0),
-                    owner="test", drop_last=drop_last)
+                    owner="test")
     return model, history
 
 
@@ -116,12 +121,18 @@ def test_adaptive_schedule_drops_the_rate_from_the_best_weights():
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@pytest.mark.parametrize("n_rows, drop_last, expected", [
+@pytest.mark.parametrize("n_rows, batch_norm, expected", [
     (10, False, 10), (10, True, 8), (3, True, 3), (8, True, 8),
 ])
-def test_drop_last_leaves_out_the_incomplete_batch(n_rows, drop_last, expected):
-    model, _ = _train([3, 2, 1], "constant", n_rows=n_rows, drop_last=drop_last)
+def test_batch_norm_networks_leave_out_the_incomplete_batch(n_rows, batch_norm, expected):
+    keras = import_keras()
+    # Nested, as in a model built from sub-models.
+    layers = [keras.Sequential([keras.layers.BatchNormalization()])] if batch_norm else []
+    model, _ = _train([3, 2, 1], "constant", n_rows=n_rows, layers=layers)
     assert all(len(rows) == expected for rows in model.rows)
+    if batch_norm:
+        momentum = layers[0].layers[0].momentum
+        assert momentum == batch_norm_momentum(n_rows, min(4, n_rows))
     # Each epoch draws its own order, so different rows are left out.
     if expected < n_rows:
         assert len({tuple(sorted(rows)) for rows in model.rows}) > 1
