@@ -19,7 +19,6 @@ import warnings
 from collections import defaultdict
 
 import numpy as np
-
 from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier, NeighborhoodComponentsAnalysis
 
