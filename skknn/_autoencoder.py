@@ -13,6 +13,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from ._base import fit_atomically
 from ._keras import (
     ACTIVATIONS,
     TRAINING_CONSTRAINTS,
@@ -168,8 +169,12 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         Returns
         -------
         self : AutoencoderEmbedder
-            The fitted embedder.
+            The fitted embedder. ``fit`` is atomic: if it raises (or is
+            interrupted), the embedder is left as it was before the call.
         """
+        return fit_atomically(self, type(self)._fit_state, X)
+
+    def _fit_state(self, X):
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         hidden = check_hidden_sizes(self.hidden_layer_sizes)
         rng = check_random_state(self.random_state)
@@ -192,7 +197,6 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.n_iter_ = len(self.history_["loss"])
         self._encoder = MLPWeights.from_keras(encoder)
         self._decoder = MLPWeights.from_keras(decoder)
-        return self
 
     def _standardise(self, X):
         return apply_scaling(X, self.mean_, self.scale_)

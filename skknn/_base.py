@@ -5,23 +5,27 @@
 ``kneighbors_graph``, ``radius_neighbors``, ``radius_neighbors_graph``,
 ``transform``, and the recall measurement and ``target_recall`` tuning done at
 the end of ``fit``. A subclass supplies the index: ``_fit_index``, ``_knn``,
-``_radius`` and ``_search_efforts``.
+``_radius`` and ``_search_efforts``. Internally rows travel as
+:class:`~skknn._metrics.Rows` of the fitted :class:`~skknn._metrics.Space`,
+and distances in float64; positions of stored rows are mapped back to row
+numbers at the public methods.
 """
 
+import copy
 import numbers
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
 from joblib import effective_n_jobs
-from scipy.sparse import csr_matrix
+from scipy.sparse import csr_matrix, issparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._metrics import SUPPORTED_METRICS, resolve_metric
-from ._search import drop_self, exact_kneighbors, recall_at_k
+from ._metrics import MAX_ABS_VALUE, SUPPORTED_METRICS, Space, resolve_metric
+from ._search import drop_self, exact_kneighbors, recall_at_k, reference_kneighbors
 
 # Training rows on which ``recall_`` is measured, and the data size from which
 # they are held out of training the learned part of the index.
@@ -38,6 +42,39 @@ def _to_object_array(arrays):
     return out
 
 
+def _check_range(X):
+    """``X``, or a ValueError where its values are beyond exact search's range."""
+    if X.dtype == np.float64 and X.size and np.abs(X).max() > MAX_ABS_VALUE:
+        raise ValueError(
+            f"Input X has values of magnitude up to {np.abs(X).max():.3g}: beyond "
+            f"{MAX_ABS_VALUE:.3g} squared distances overflow float64 and cannot be compared "
+            "exactly. Rescale the data (e.g. divide by its largest value)."
+        )
+    return X
+
+
+def fit_atomically(estimator, fit, *args):
+    """Run ``fit(staging, *args)`` on a copy of ``estimator``; adopt it on success.
+
+    The copy starts without the state of an earlier fit (the attributes that
+    fit created, recorded in ``_fit_state_keys``). If ``fit`` raises or is
+    interrupted, ``estimator`` is left exactly as before the call: fitted as
+    before, or not fitted. Returns ``estimator``.
+    """
+    old_keys = getattr(estimator, "_fit_state_keys", ())
+    staging = copy.copy(estimator)
+    for key in old_keys:
+        staging.__dict__.pop(key, None)
+    before = set(vars(staging))
+    fit(staging, *args)
+    new_keys = tuple(sorted(set(vars(staging)) - before))
+    for key in old_keys:
+        estimator.__dict__.pop(key, None)
+    estimator.__dict__.update({key: vars(staging)[key] for key in new_keys})
+    estimator._fit_state_keys = new_keys
+    return estimator
+
+
 class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Base class of the neighbours search estimators. Not for direct use."""
 
@@ -45,30 +82,51 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "radius": [Interval(Real, 0, None, closed="both")],
         "metric": [StrOptions(set(SUPPORTED_METRICS))],
-        "p": [Interval(Real, 1, None, closed="left")],
+        "p": [Interval(Real, 1, None, closed="both")],
         "metric_params": [dict, None],
         "n_jobs": [Integral, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "mode": [StrOptions({"distance", "connectivity"})],
         "target_recall": [Interval(Real, 0, 1, closed="right"), None],
+        "algorithm": [StrOptions({"auto", "brute", "kd_tree", "ball_tree"})],
+        "leaf_size": [Interval(Integral, 1, None, closed="left")],
     }
+    # Completes "algorithm=... is NearestNeighbors' ...; " in the error for
+    # a tree or brute-force request: how to get exact search here.
+    _EXACT_HINT = ""
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, X):
+    def _fit(self, X, y=None):
+        """Fit atomically: see :func:`fit_atomically`."""
+        return fit_atomically(self, type(self)._fit_state, X, y)
+
+    def _fit_state(self, X, y):
         """Validate, build the index, then measure (and tune) recall."""
-        X = validate_data(self, X, dtype=[np.float64, np.float32], order="C")
+        if self.algorithm != "auto":
+            raise ValueError(
+                f"algorithm={self.algorithm!r} selects the exact search structure of "
+                f"NearestNeighbors; {type(self).__name__} searches its own way. "
+                f"{self._EXACT_HINT}"
+            )
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
+                          order="C")
+        # The index keeps dense rows (its learned parts and kernels need them).
+        X = _check_range(X.toarray() if issparse(X) else X)
+        if y is not None:
+            y = np.asarray(y)
+            if len(y) != len(X):
+                raise ValueError(f"y has {len(y)} rows but X has {len(X)}.")
         self._metric = resolve_metric(self.metric, self.p, self.metric_params)
         self.effective_metric_ = self._metric.sklearn_name
         self.effective_metric_params_ = self._metric.sklearn_params
         self.n_samples_fit_ = X.shape[0]
-        self._X = self._metric.prepare(X)
+        self._space = Space(self._metric, X)
         self._n_jobs = effective_n_jobs(self.n_jobs)
         rng = check_random_state(self.random_state)
         eval_rows, train_rows = self._recall_rows(X.shape[0], rng)
-        self._fit_index(self._X, train_rows, rng)
+        self._fit_index(X, y, train_rows, rng)
         self._tune_search(eval_rows)
-        return self
 
     @staticmethod
     def _recall_rows(n_samples, rng):
@@ -88,14 +146,15 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             # A single fitted point has no neighbours to miss.
             self.search_params_, self.recall_ = self._default_search_params(), 1.0
             return
-        Q = self._X[eval_rows]
-        exact, _ = drop_self(
-            *exact_kneighbors(self._metric, Q, self._X, k + 1, n_jobs=self._n_jobs), eval_rows
-        )
+        # The reference is float64 from differences, by a route that shares no
+        # ranking rows, error bound or kernel with the searches it measures.
+        q = self._space.fitted_rows(eval_rows)
+        dist, ind = reference_kneighbors(self._space, q, k + 1)
+        exact, _ = drop_self(dist, self._space.to_ids(ind), eval_rows)
         if self.target_recall is None:
             efforts = [self._default_search_params()]
         for params in efforts:
-            dist, _ = drop_self(*self._search(Q, k + 1, params), eval_rows)
+            dist, _ = drop_self(*self._search(q.__getitem__, len(q), k + 1, params), eval_rows)
             recall = recall_at_k(dist, exact)
             self._log(f"recall@{k} = {recall:.4f} with {params}")
             if self.target_recall is None or recall >= self.target_recall:
@@ -116,15 +175,40 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     # -------------------------------------------------------------- queries
     def _queries(self, X):
-        """Prepared query rows (or the training rows when ``X`` is None)."""
+        """Validated queries and a function giving :class:`Rows` of a slice of them.
+
+        ``X=None`` queries the fitted rows. Sparse queries stay sparse until
+        a slice of them is searched, so that memory stays bounded.
+        """
         if X is None:
-            return self._X
-        X = validate_data(self, X, dtype=[np.float64, np.float32], order="C", reset=False)
-        return self._metric.prepare(X.astype(self._X.dtype, copy=False))
+            return self.n_samples_fit_, lambda batch: self._space.fitted_rows(
+                np.arange(self.n_samples_fit_)[batch]
+            )
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
+                          order="C", reset=False)
+
+        def rows_of(batch):
+            part = X[batch]
+            part = part.toarray() if issparse(part) else part
+            with np.errstate(over="ignore"):
+                part = part.astype(self._space.dtype, copy=False)
+            if not np.isfinite(part).all():
+                raise ValueError(
+                    f"Input X has values too large for {self._space.dtype}, the dtype of "
+                    "the data this estimator was fitted on."
+                )
+            return self._space.rows(_check_range(part))
+
+        return X.shape[0], rows_of
 
     def _check_search_params(self, params):
         """``search_params_`` may be reassigned by users: check it before use."""
         expected = self._default_search_params()
+        if not expected and params != {}:
+            raise ValueError(
+                f"This {type(self).__name__} searches exactly: it has no search effort to "
+                f"set, and search_params_ must be {{}}, got {params!r}."
+            )
         if not isinstance(params, dict) or set(params) != set(expected) or not all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
             for v in params.values()
@@ -135,18 +219,27 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 f"integer values (e.g. {example}), got {params!r}."
             )
 
-    def _search(self, Q, k, params):
-        """Top-``k`` in batches; queries the index could not fill are searched exactly."""
+    def _search(self, rows_of, n_queries, k, params):
+        """Top-``k`` in batches; queries the index could not fill are searched exactly.
+
+        ``rows_of(slice)`` gives the :class:`Rows` of those queries. Returns
+        float64 distances and row numbers of the fitted data.
+        """
         self._check_search_params(params)
-        parts = [self._knn(Q[b], k, params) for b in gen_batches(len(Q), _QUERY_BATCH)]
-        dist = np.vstack([d for d, _ in parts])
-        ind = np.vstack([i for _, i in parts])
-        short = np.flatnonzero((ind < 0).any(axis=1))
-        if len(short):
-            dist[short], ind[short] = exact_kneighbors(
-                self._metric, Q[short], self._X, k, n_jobs=self._n_jobs
-            )
-        return dist, ind
+        dists, inds = [], []
+        for batch in gen_batches(n_queries, _QUERY_BATCH):
+            q = rows_of(batch)
+            dist, ind = self._knn(q, k, params)
+            short = np.flatnonzero((ind < 0).any(axis=1))
+            if len(short):
+                dist[short], ind[short] = exact_kneighbors(
+                    self._space, q[short], k, n_jobs=self._n_jobs
+                )
+            dists.append(dist)
+            inds.append(self._space.to_ids(ind))
+        if not dists:
+            return np.empty((0, k)), np.empty((0, k), dtype=np.intp)
+        return np.vstack(dists), np.vstack(inds)
 
     def _check_n_neighbors(self, n_neighbors):
         if n_neighbors is None:
@@ -183,18 +276,20 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         check_is_fitted(self)
         n_neighbors = self._check_n_neighbors(n_neighbors)
         query_is_train = X is None
-        Q = self._queries(X)
+        n_queries, rows_of = self._queries(X)
         if n_neighbors + query_is_train > self.n_samples_fit_:
             inequality = "n_neighbors < n_samples_fit" if query_is_train else (
                 "n_neighbors <= n_samples_fit"
             )
             raise ValueError(
                 f"Expected {inequality}, but n_neighbors = {n_neighbors}, "
-                f"n_samples_fit = {self.n_samples_fit_}, n_samples = {Q.shape[0]}"
+                f"n_samples_fit = {self.n_samples_fit_}, n_samples = {n_queries}"
             )
-        dist, ind = self._search(Q, n_neighbors + query_is_train, self.search_params_)
+        dist, ind = self._search(rows_of, n_queries, n_neighbors + query_is_train,
+                                 self.search_params_)
         if query_is_train:
-            dist, ind = drop_self(dist, ind, np.arange(Q.shape[0]))
+            dist, ind = drop_self(dist, ind, np.arange(n_queries))
+        dist = dist.astype(self._space.dtype)
         return (dist, ind) if return_distance else ind
 
     def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
@@ -261,14 +356,18 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         radius = self.radius if radius is None else radius
         if not isinstance(radius, Real) or not radius >= 0:
             raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
-        Q = self._queries(X)
+        n_queries, rows_of = self._queries(X)
         self._check_search_params(self.search_params_)
         dists, inds = [], []
-        for batch in gen_batches(len(Q), _QUERY_BATCH):
-            d, i = self._radius(Q[batch], float(radius), self.search_params_)
-            dists += d
-            inds += i
-        for row in range(len(Q)):
+        for batch in gen_batches(n_queries, _QUERY_BATCH):
+            d, i = self._radius(rows_of(batch), float(radius), self.search_params_)
+            for d_row, i_row in zip(d, i):
+                # Back to row numbers, in row-number order.
+                i_row = self._space.to_ids(i_row)
+                order = np.argsort(i_row, kind="stable")
+                dists.append(d_row[order].astype(self._space.dtype))
+                inds.append(i_row[order])
+        for row in range(n_queries):
             keep = np.ones(len(inds[row]), dtype=bool)
             if X is None:
                 keep = inds[row] != row
@@ -346,15 +445,15 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         ----------
         X : array-like of shape (n_samples, n_features)
             Training data.
-        y : Ignored
-            Not used, present for API consistency.
+        y : array-like of shape (n_samples,), default=None
+            Passed on to ``fit``.
 
         Returns
         -------
         Xt : sparse matrix of shape (n_samples, n_samples)
             CSR graph with edge weights given by ``mode``.
         """
-        return self.fit(X).transform(X)
+        return self.fit(X, y).transform(X)
 
     @property
     def _n_features_out(self):
@@ -363,18 +462,20 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = True
+        tags.input_tags.sparse = True
         return tags
 
     # ------------------------------------------------ subclass obligations
-    def _fit_index(self, X, train_rows, rng):  # pragma: no cover - abstract
+    def _fit_index(self, X, y, train_rows, rng):  # pragma: no cover - abstract
+        """Build the index of ``self._space`` (``X``: the validated input rows)."""
         raise NotImplementedError
 
-    def _knn(self, Q, k, params):  # pragma: no cover - abstract
-        """Sorted top-``k`` of prepared queries; ``-1`` where none was found."""
+    def _knn(self, q, k, params):  # pragma: no cover - abstract
+        """Sorted top-``k`` of query :class:`Rows`, float64 distances; ``-1`` where none."""
         raise NotImplementedError
 
-    def _radius(self, Q, radius, params):  # pragma: no cover - abstract
-        """Per-query arrays of distances and indices within ``radius``."""
+    def _radius(self, q, radius, params):  # pragma: no cover - abstract
+        """Per-query arrays of float64 distances and indices within ``radius``."""
         raise NotImplementedError
 
     def _search_efforts(self):  # pragma: no cover - abstract

@@ -6,10 +6,11 @@ from numbers import Integral
 import numpy as np
 from sklearn.base import _fit_context
 from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import SearchBase
+from ._base import _QUERY_BATCH, SearchBase
 from ._keras import (
     TRAINING_CONSTRAINTS,
     MLPWeights,
@@ -22,7 +23,6 @@ from ._keras import (
     train,
     training_params,
 )
-from ._metrics import Metric
 from ._search import (
     _EXTRA_SELECTED,
     _query_batches,
@@ -44,7 +44,6 @@ _EXACT_GRAPH_UP_TO = 20_000
 # Share of clusters probed (by centroid) to build the approximate k-NN graph
 # of larger data sets.
 _GRAPH_PROBE_SHARE = 0.1
-_EUCLIDEAN = Metric("euclidean")
 
 
 class ClusterFilteredKNN(SearchBase):
@@ -113,11 +112,19 @@ class ClusterFilteredKNN(SearchBase):
         Seeds k-means, the router, and the recall sample.
     verbose : int, default=0
         Progress messages (and router epochs) when positive.
+    algorithm : {'auto'}, default='auto'
+        Accepted for code written for ``NearestNeighbors``; any other value
+        (a tree or brute force) is an error that says how to search exactly
+        here: ``n_probe=n_clusters``.
+    leaf_size : int, default=30
+        Accepted for code written for ``NearestNeighbors``; it tunes trees
+        this estimator does not build, so it has no effect.
 
     Attributes
     ----------
     cluster_centers_ : ndarray of shape (`n_clusters_`, `n_features_in_`)
-        The k-means centres (of the normalised rows for cosine).
+        The k-means centres, in the units of the data (of the unit-normalised
+        rows for cosine).
     labels_ : ndarray of shape (`n_samples_fit_`,)
         Cluster of each fitted row.
     n_clusters_ : int
@@ -205,6 +212,8 @@ class ClusterFilteredKNN(SearchBase):
         n_jobs=None,
         random_state=None,
         verbose=0,
+        algorithm="auto",
+        leaf_size=30,
     ):
         self.n_neighbors = n_neighbors
         self.n_clusters = n_clusters
@@ -226,15 +235,22 @@ class ClusterFilteredKNN(SearchBase):
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
+        self.algorithm = algorithm
+        self.leaf_size = leaf_size
+
+    _EXACT_HINT = "For exact search probe every cluster: n_probe=n_clusters."
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Partition the data, train the router and index the clusters.
 
+        ``fit`` is atomic: if it raises (or is interrupted), the estimator
+        answers as before the call, or stays unfitted.
+
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data (sparse rows are stored dense).
         y : Ignored
             Not used, present for API consistency.
 
@@ -243,10 +259,10 @@ class ClusterFilteredKNN(SearchBase):
         self : ClusterFilteredKNN
             The fitted estimator.
         """
-        return self._fit(X)
+        return self._fit(X, y)
 
     # ----------------------------------------------------------- the index
-    def _fit_index(self, X, train_rows, rng):
+    def _fit_index(self, X, y, train_rows, rng):
         n_samples = X.shape[0]
         n_clusters = self.n_clusters or math.ceil(math.sqrt(n_samples))
         if n_clusters > len(train_rows):
@@ -260,61 +276,75 @@ class ClusterFilteredKNN(SearchBase):
                 "cluster can be probed."
             )
         self.n_clusters_ = n_clusters
-        self._partition(X, train_rows, rng)
+        # k-means, the router and the routes all work on the ranking rows:
+        # centred and scaled (unit rows for cosine), so that neither far
+        # offsets nor extreme scales reach them.
+        B = self._space.fitted.block
+        self._partition(B, train_rows, rng)
+        # From here on the space stores its rows cluster by cluster; B keeps
+        # the original order.
+        self._store_by_cluster()
         self.history_, self.n_iter_, self._router = None, 0, None
         if self.router == "mlp" and n_clusters > 1:
-            self._train_router(X, train_rows, rng)
+            self._train_router(B, train_rows, rng)
 
-    def _partition(self, X, train_rows, rng):
-        kmeans_class = KMeans if len(train_rows) <= _FULL_KMEANS_UP_TO else MiniBatchKMeans
+    def _partition(self, B, train_rows, rng):
+        full = len(train_rows) <= _FULL_KMEANS_UP_TO
+        kmeans_class = KMeans if full else MiniBatchKMeans
         self._log(f"{kmeans_class.__name__} into {self.n_clusters_} clusters")
         kmeans = kmeans_class(self.n_clusters_, n_init=1, random_state=draw_seed(rng))
-        kmeans.fit(X[train_rows])
-        self.cluster_centers_ = kmeans.cluster_centers_.astype(X.dtype)
-        self._centers_sqnorm = np.einsum("ij,ij->i", self.cluster_centers_, self.cluster_centers_)
+        # k-means++ on float32 is many times slower than on float64 in
+        # scikit-learn (114 s vs 6.4 s at 20k x 784), so full k-means gets
+        # float64; MiniBatchKMeans seeds on a sample and keeps float32 memory.
+        kmeans.fit(B[train_rows].astype(np.float64 if full else np.float32))
+        self._centers = kmeans.cluster_centers_.astype(np.float32)
+        self._centers_sqnorm = np.einsum("ij,ij->i", self._centers, self._centers)
+        self.cluster_centers_ = self._space.raw_of_block(kmeans.cluster_centers_)
         self.labels_ = block_topk(
-            _EUCLIDEAN, X, self.cluster_centers_, 1, self._centers_sqnorm, self._n_jobs
+            B.astype(np.float32, copy=False), self._centers, 1, self._centers_sqnorm,
+            self._n_jobs,
         )[1][:, 0]
-        self._store_by_cluster()
 
     def _store_by_cluster(self):
-        """Cluster-contiguous storage of the rows, from ``labels_``.
+        """Store the rows cluster by cluster, from ``labels_``.
 
-        The rows of cluster c are ``_Xs[_offsets[c]:_offsets[c + 1]]``, at
-        original positions ``_order[_offsets[c]:_offsets[c + 1]]``.
+        The rows of cluster c are stored at positions
+        ``_offsets[c]:_offsets[c + 1]`` of the space.
         """
-        self._order = np.argsort(self.labels_, kind="stable")
-        self._offsets = np.searchsorted(self.labels_[self._order], np.arange(self.n_clusters_ + 1))
-        self._Xs = self._X[self._order]
-        self._Xs_sqnorm = np.einsum("ij,ij->i", self._Xs, self._Xs)
+        order = np.argsort(self.labels_, kind="stable")
+        self._offsets = np.searchsorted(self.labels_[order], np.arange(self.n_clusters_ + 1))
+        self._space.permute(order)
+        fitted = self._space.fitted
+        self._sq_max = float(fitted.sq.max(initial=0.0)) if fitted.sq is not None else 0.0
 
-    def _soft_labels(self, X, rows):
+    def _soft_labels(self, rows):
         """Share of each row's nearest neighbours that lies in each cluster."""
         m = min(self.n_label_neighbors, self.n_samples_fit_ - 1)
         if m < 1:
             return np.eye(self.n_clusters_, dtype=np.float32)[self.labels_[rows]]
+        q = self._space.fitted_rows(rows)
         if self.n_samples_fit_ <= _EXACT_GRAPH_UP_TO:
-            found = exact_kneighbors(self._metric, X[rows], X, m + 1, n_jobs=self._n_jobs)
+            found = exact_kneighbors(self._space, q, m + 1, n_jobs=self._n_jobs)
         else:
             n_probe = max(1, math.ceil(_GRAPH_PROBE_SHARE * self.n_clusters_))
             self._log(f"approximate {m}-NN graph of {len(rows)} rows, {n_probe} clusters each")
-            found = self._probe_knn(X[rows], m + 1, self._centroid_route(X[rows], n_probe))
-        _, neighbors = drop_self(*found, rows)
+            found = self._probe_knn(q, m + 1, self._centroid_route(q.block, n_probe))
+        _, neighbors = drop_self(found[0], self._space.to_ids(found[1]), rows)
         labels = np.zeros((len(rows), self.n_clusters_), dtype=np.float32)
         np.add.at(labels, (np.arange(len(rows))[:, None], self.labels_[neighbors]), 1.0 / m)
         return labels
 
-    def _train_router(self, X, train_rows, rng):
+    def _train_router(self, B, train_rows, rng):
         keras = import_keras()
         hidden = check_hidden_sizes(self.hidden_layer_sizes)
-        targets = self._soft_labels(X, train_rows)
-        self._router_mean, self._router_scale = fit_scaling(X[train_rows])
+        targets = self._soft_labels(train_rows)
+        self._router_mean, self._router_scale = fit_scaling(B[train_rows])
         model = build_mlp(
-            X.shape[1], hidden + [self.n_clusters_], ["relu"] * len(hidden) + ["linear"],
+            B.shape[1], hidden + [self.n_clusters_], ["relu"] * len(hidden) + ["linear"],
             draw_seed(rng),
         )
         loss = keras.losses.CategoricalCrossentropy(from_logits=True)
-        inputs = self._router_input(X[train_rows])
+        inputs = self._router_input(B[train_rows])
         self._router_sqmax = max_sqnorm(inputs)
         self.history_ = train(
             model, loss, inputs, targets,
@@ -323,20 +353,18 @@ class ClusterFilteredKNN(SearchBase):
         self.n_iter_ = len(self.history_["loss"])
         self._router = MLPWeights.from_keras(model)
 
-    def _router_input(self, X):
-        return apply_scaling(X, self._router_mean, self._router_scale).astype(np.float32)
+    def _router_input(self, B):
+        return apply_scaling(B, self._router_mean, self._router_scale).astype(np.float32)
 
     # ------------------------------------------------------------- routing
-    def _centroid_route(self, Q, n_probe):
-        return block_topk(
-            _EUCLIDEAN, Q, self.cluster_centers_, n_probe, self._centers_sqnorm, self._n_jobs
-        )[1]
+    def _centroid_route(self, B, n_probe):
+        return block_topk(B, self._centers, n_probe, self._centers_sqnorm, self._n_jobs)[1]
 
-    def _route(self, Q, n_probe):
+    def _route(self, q, n_probe):
         if self._router is None:
-            return self._centroid_route(Q, n_probe)
+            return self._centroid_route(q.block, n_probe)
         with np.errstate(over="ignore", invalid="ignore"):
-            inputs = self._router_input(Q)
+            inputs = self._router_input(q.block)
             logits = self._router(inputs)
         far = beyond_range(inputs, self._router_sqmax)
         clusters = np.broadcast_to(np.arange(self.n_clusters_), logits.shape)
@@ -345,7 +373,7 @@ class ClusterFilteredKNN(SearchBase):
         # extrapolates, or overflows) are routed by the nearest centres.
         lost = np.flatnonzero(far | ~np.isfinite(logits).all(axis=1))
         if len(lost):
-            probes[lost] = self._centroid_route(Q[lost], n_probe)
+            probes[lost] = self._centroid_route(q.block[lost], n_probe)
         return probes
 
     def route(self, X, n_probe=None):
@@ -370,14 +398,17 @@ class ClusterFilteredKNN(SearchBase):
                 f"n_probe must be an integer in [1, n_clusters_={self.n_clusters_}], "
                 f"got {n_probe!r}."
             )
-        return self._route(self._queries(X), int(n_probe))
+        n_queries, rows_of = self._queries(X)
+        parts = [self._route(rows_of(batch), int(n_probe))
+                 for batch in gen_batches(n_queries, _QUERY_BATCH)]
+        return np.vstack(parts) if parts else np.empty((0, int(n_probe)), dtype=np.intp)
 
     # -------------------------------------------------------------- search
     def _by_cluster(self, probes):
-        """For each probed, non-empty cluster: its rows and the queries sent to it.
+        """For each probed, non-empty cluster: its stored rows and its queries.
 
-        Yields ``(lo, hi, queries)`` with the cluster's rows at
-        ``_Xs[lo:hi]``, in batches of queries that fit in working memory.
+        Yields ``(lo, hi, queries)`` with the cluster's rows at stored
+        positions ``lo:hi``, in batches of queries that fit in working memory.
         """
         n_probe = probes.shape[1]
         flat = probes.ravel()
@@ -390,43 +421,65 @@ class ClusterFilteredKNN(SearchBase):
                 for batch in _query_batches(len(queries), 3 * (hi - lo) * 8):
                     yield lo, hi, queries[batch]
 
-    def _probe_knn(self, Q, k, probes):
-        """Top-``k`` of each query among the rows of its probed clusters."""
-        metric = self._metric
-        k_sel = k + _EXTRA_SELECTED if metric.is_dot_product else k
-        # A running top-k_sel per query, merged cluster by cluster, keeps
-        # memory at O(n_queries * k) whatever the number of probes.
-        dist = np.full((len(Q), k_sel), np.inf)
-        ind = np.full((len(Q), k_sel), -1, dtype=np.intp)
-        for lo, hi, q in self._by_cluster(probes):
-            D = metric.block(Q[q], self._Xs[lo:hi], self._Xs_sqnorm[lo:hi])
-            rows = np.broadcast_to(self._order[lo:hi], D.shape)
-            d, i = _sorted_topk(D, rows, min(k_sel, hi - lo))
-            dist[q], ind[q] = _sorted_topk(np.hstack([dist[q], d]), np.hstack([ind[q], i]), k_sel)
-        if not metric.is_dot_product:
-            return dist[:, :k].astype(self._X.dtype), ind[:, :k]
-        return rerank(metric, Q, self._X, ind, k, self._n_jobs)
+    def _probe_knn(self, q, k, probes):
+        """Top-``k`` of each query among the rows of its probed clusters.
 
-    def _probe_radius(self, Q, radius, probes):
-        X_sqmax = self._Xs_sqnorm.max(initial=0.0)
+        Ranking values pick ``k`` plus a few rows per query in a running
+        merge, cluster by cluster (memory O(n_queries * k) whatever the number
+        of probes); the exact distances then decide. A query for which a row
+        left out could still, within the ranking's error bound, beat the
+        exact ``k``-th is re-ranked over all its probed rows.
+        """
+        space, fitted = self._space, self._space.fitted
+        dot = space.metric.is_dot_product
+        k_sel = k + _EXTRA_SELECTED if dot else k
+        dist = np.full((len(q), k_sel), np.inf)
+        ind = np.full((len(q), k_sel), -1, dtype=np.intp)
+        # Smallest ranking value among rows left out of each running top.
+        floor = np.full(len(q), np.inf)
+        for lo, hi, qi in self._by_cluster(probes):
+            x_sq = None if fitted.sq is None else fitted.sq[lo:hi]
+            D = space.block_values(q[qi], fitted.block[lo:hi], x_sq)
+            cols = np.broadcast_to(np.arange(lo, hi), D.shape)
+            d, i = _sorted_topk(D, cols, min(k_sel + 1, hi - lo))
+            d, i = _sorted_topk(np.hstack([dist[qi], d]), np.hstack([ind[qi], i]), k_sel + 1)
+            floor[qi] = np.minimum(floor[qi], d[:, k_sel])
+            dist[qi], ind[qi] = d[:, :k_sel], i[:, :k_sel]
+        if not dot:
+            return dist[:, :k], ind[:, :k]
+        dist, ind = rerank(space, q, ind, k, self._n_jobs)
+        kth = space.to_ranking(dist[:, -1])
+        with np.errstate(over="ignore", invalid="ignore"):
+            # Not "floor - error > kth", so that NaN (a query beyond float32
+            # ranking) counts as unsure.
+            unsure = np.flatnonzero(~(floor - space.error(q.sq, self._sq_max) > kth))
+        for row in unsure:
+            cols = np.concatenate([np.arange(self._offsets[c], self._offsets[c + 1])
+                                   for c in probes[row]])
+            dist[row], ind[row] = rerank(space, q[row : row + 1], cols[None, :], k)
+        return dist, ind
+
+    def _probe_radius(self, q, radius, probes):
+        fitted = self._space.fitted
         found = [(np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp), np.empty(0))]
-        for lo, hi, q in self._by_cluster(probes):
+        for lo, hi, qi in self._by_cluster(probes):
+            x_sq = None if fitted.sq is None else fitted.sq[lo:hi]
             r, c, d = block_within(
-                self._metric, Q[q], self._Xs[lo:hi], radius, self._Xs_sqnorm[lo:hi], X_sqmax
+                self._space, q[qi], fitted.block[lo:hi], x_sq, fitted.data[lo:hi], radius
             )
-            found.append((q[r], self._order[lo + c], d))
-        q, i, dist = (np.concatenate(part) for part in zip(*found))
-        order = np.lexsort((i, q))
-        return _split_rows(len(Q), q[order], i[order], dist[order])
+            found.append((qi[r], lo + c, d))
+        qi, i, dist = (np.concatenate(part) for part in zip(*found))
+        order = np.lexsort((i, qi))
+        return _split_rows(len(q), qi[order], i[order], dist[order])
 
     def _n_probe(self, params):
         return min(params["n_probe"], self.n_clusters_)
 
-    def _knn(self, Q, k, params):
-        return self._probe_knn(Q, k, self._route(Q, self._n_probe(params)))
+    def _knn(self, q, k, params):
+        return self._probe_knn(q, k, self._route(q, self._n_probe(params)))
 
-    def _radius(self, Q, radius, params):
-        return self._probe_radius(Q, radius, self._route(Q, self._n_probe(params)))
+    def _radius(self, q, radius, params):
+        return self._probe_radius(q, radius, self._route(q, self._n_probe(params)))
 
     def _default_search_params(self):
         if self.n_probe is not None:

@@ -15,6 +15,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import Interval
 
 _MAX_SEED = np.iinfo(np.int32).max
@@ -89,15 +90,27 @@ def fit_scaling(X):
     """Per-feature mean and one overall scale for a network's inputs.
 
     One scale for all features keeps the Euclidean geometry of the data
-    (per-feature scaling would blow up near-constant features).
+    (per-feature scaling would blow up near-constant features). Computed in
+    float64, with the deviations divided by their largest magnitude before
+    squaring, so that neither float32 values ~1e20 nor float64 values ~1e200
+    overflow (nor tiny values underflow).
     """
-    mean = X.mean(axis=0)
-    spread = float(np.sqrt(np.mean(np.square(X - mean))))
-    return mean, (spread if spread > 0 else 1.0)
+    mean = X.mean(axis=0, dtype=np.float64)
+    big = 0.0
+    for rows in gen_batches(len(X), 4096):
+        big = max(big, float(np.abs(X[rows] - mean).max(initial=0.0)))
+    if not big > 0:
+        return mean, 1.0
+    total = sum(float(np.sum(np.square((X[rows] - mean) / big)))
+                for rows in gen_batches(len(X), 4096))
+    return mean, big * float(np.sqrt(total / X.size))
 
 
 def apply_scaling(X, mean, scale):
-    """Standardise ``X`` with :func:`fit_scaling`'s ``mean`` and ``scale``."""
+    """Standardise ``X`` with :func:`fit_scaling`'s ``mean`` and ``scale``.
+
+    Computed in float64, then returned in the dtype of ``X``.
+    """
     return ((X - mean) / scale).astype(X.dtype, copy=False)
 
 

@@ -68,11 +68,19 @@ def _compile():
             acc += abs(np.float64(q[t]) - np.float64(x[t])) ** p
         return acc ** (1.0 / p)
 
+    @jit
+    def unit_sq_diff(q, x, q_norm, x_norm):
+        acc = 0.0
+        for t in range(q.shape[0]):
+            diff = np.float64(q[t]) / q_norm - np.float64(x[t]) / x_norm
+            acc += diff * diff
+        return acc
+
     @numba.njit(cache=True, nogil=True)
-    def candidate_distances(Q, X, candidates, code, p, out):
+    def candidate_distances(Q, X, candidates, code, p, zero_norm, out):
         for i in range(Q.shape[0]):
             q = Q[i]
-            q_sq = sq_norm(q) if code == 2 else 0.0
+            q_norm = np.sqrt(sq_norm(q)) if code == 2 else 0.0
             for j in range(candidates.shape[1]):
                 row = candidates[i, j]
                 if row < 0:
@@ -82,9 +90,14 @@ def _compile():
                 elif code == 1:
                     out[i, j] = sq_diff(q, X[row])
                 elif code == 2:
-                    # See Metric.paired: exact for unit rows, 1 for zero rows.
-                    d = 0.5 * sq_diff(q, X[row]) + 1.0 - 0.5 * (q_sq + sq_norm(X[row]))
-                    out[i, j] = min(max(d, 0.0), 2.0)
+                    # See Metric.paired: rows normalised in float64, |a - b|^2 / 2,
+                    # and 1 for a row without direction.
+                    x_norm = np.sqrt(sq_norm(X[row]))
+                    if q_norm <= zero_norm or x_norm <= zero_norm:
+                        out[i, j] = 1.0
+                    else:
+                        d = 0.5 * unit_sq_diff(q, X[row], q_norm, x_norm)
+                        out[i, j] = min(max(d, 0.0), 2.0)
                 elif code == 3:
                     out[i, j] = abs_diff(q, X[row])
                 elif code == 4:
@@ -95,18 +108,20 @@ def _compile():
     return candidate_distances
 
 
-def candidate_distances(metric, Q, X, candidates, n_jobs=1):
+def candidate_distances(metric, Q, X, candidates, n_jobs=1, zero_norm=0.0):
     """Distances from each query to each of its candidate rows.
 
     Parameters
     ----------
     metric : Metric
     Q : ndarray of shape (n_queries, n_features)
-        Prepared queries, same dtype as ``X``.
+        Queries, same dtype as ``X``.
     X : ndarray of shape (n_samples, n_features)
-        Prepared fitted rows.
+        Fitted rows.
     candidates : ndarray of shape (n_queries, n_candidates)
         Row numbers into ``X``; negative entries give ``inf``.
+    zero_norm : float
+        Cosine: rows of at most this norm have no direction (distance 1).
     n_jobs : int
         Threads; the kernel releases the GIL, so slices of the queries run
         side by side (a serial kernel loads far faster than numba's parallel
@@ -125,7 +140,7 @@ def candidate_distances(metric, Q, X, candidates, n_jobs=1):
     code, p = _CODES[metric.name], float(metric.p)
 
     def run(rows):
-        _KERNEL(Q[rows], X, candidates[rows], code, p, out[rows])
+        _KERNEL(Q[rows], X, candidates[rows], code, p, float(zero_norm), out[rows])
 
     slices = list(gen_even_slices(len(Q), max(1, min(n_jobs, len(Q) // 64))))
     if len(slices) <= 1:

@@ -37,7 +37,7 @@ _NNDESCENT_DEGREE = 30
 _PYNNDESCENT_METRICS = {
     "euclidean": "euclidean",
     "sqeuclidean": "euclidean",
-    "cosine": "euclidean",  # rows are unit-normalised by Metric.prepare
+    "cosine": "euclidean",  # the embedded rows are unit-normalised (Space.unit_raw)
     "manhattan": "manhattan",
     "chebyshev": "chebyshev",
     "minkowski": "minkowski",
@@ -67,7 +67,10 @@ class LearnedNeighbors(SearchBase):
         :class:`AutoencoderEmbedder` with its defaults; 'passthrough' searches
         the input space itself; any scikit-learn transformer (e.g.
         :class:`~sklearn.decomposition.PCA`) is cloned and fitted, its
-        ``random_state`` seeded from ours if it is None. For
+        ``random_state`` seeded from ours if it is None. A supervised
+        embedder (e.g. :class:`TripletEmbedder`) is fitted with the ``y``
+        given to :meth:`fit`. An embedder fitted beforehand is used as it is
+        when wrapped in :class:`sklearn.frozen.FrozenEstimator`. For
         ``metric='cosine'`` the embedder sees unit-normalised rows.
     backend : {'auto', 'brute', 'pynndescent'}, default='auto'
         Candidate search in the embedded space: exact brute force, or an
@@ -100,6 +103,13 @@ class LearnedNeighbors(SearchBase):
     verbose : int, default=0
         Progress messages when positive (including the default embedder's
         epochs); 2 also shows pynndescent's own messages.
+    algorithm : {'auto'}, default='auto'
+        Accepted for code written for ``NearestNeighbors``; any other value
+        (a tree or brute force) is an error that says how to search exactly
+        here: ``embedder='passthrough', backend='brute'``.
+    leaf_size : int, default=30
+        Accepted for code written for ``NearestNeighbors``; it tunes trees
+        this estimator does not build, so it has no effect.
 
     Attributes
     ----------
@@ -178,6 +188,8 @@ class LearnedNeighbors(SearchBase):
         n_jobs=None,
         random_state=None,
         verbose=0,
+        algorithm="auto",
+        leaf_size=30,
     ):
         self.n_neighbors = n_neighbors
         self.embedder = embedder
@@ -192,37 +204,47 @@ class LearnedNeighbors(SearchBase):
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
+        self.algorithm = algorithm
+        self.leaf_size = leaf_size
+
+    _EXACT_HINT = "For exact search use embedder='passthrough', backend='brute'."
 
     @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None):
         """Fit the embedder and build the candidate index.
 
+        ``fit`` is atomic: if it raises (or is interrupted), the estimator
+        answers as before the call, or stays unfitted.
+
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data.
-        y : Ignored
-            Not used, present for API consistency.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data (sparse rows are stored dense).
+        y : array-like of shape (n_samples,), default=None
+            Passed to a supervised embedder; otherwise unused.
 
         Returns
         -------
         self : LearnedNeighbors
             The fitted estimator.
         """
-        return self._fit(X)
+        return self._fit(X, y)
 
     # ----------------------------------------------------------- the index
-    def _fit_index(self, X, train_rows, rng):
-        self.embedder_ = self._fit_embedder(X[train_rows], rng)
+    def _fit_index(self, X, y, train_rows, rng):
+        space = self._space
+        inputs = space.unit_raw(space.fitted)
+        self.embedder_ = self._fit_embedder(
+            inputs[train_rows], None if y is None else y[train_rows], rng
+        )
         n_samples = X.shape[0]
         self.backend_ = self.backend
         if self.backend == "auto":
             self.backend_ = "brute" if n_samples < _PYNNDESCENT_FROM else "pynndescent"
         self._exact = self.embedder_ is None and self.backend_ == "brute"
-        self._index_metric = self._metric if self.embedder_ is None else Metric("euclidean")
         if self._exact:
             return
-        Z, _ = self._embed(X)
+        Z, _ = self._embed(inputs)
         self._code_sqmax = max_sqnorm(Z)
         if self.backend_ == "brute":
             self._Z = Z
@@ -230,7 +252,7 @@ class LearnedNeighbors(SearchBase):
         else:
             self._nndescent = self._build_nndescent(Z, rng)
 
-    def _fit_embedder(self, X, rng):
+    def _fit_embedder(self, X, y, rng):
         if isinstance(self.embedder, str):
             return None
         if self.embedder is None:
@@ -241,8 +263,14 @@ class LearnedNeighbors(SearchBase):
             # unseeded, so that random_state makes the whole fit reproducible.
             if embedder.get_params().get("random_state", False) is None:
                 embedder.set_params(random_state=draw_seed(rng))
+        if y is None and _needs_y(embedder):
+            raise ValueError(
+                f"embedder {type(embedder).__name__} is supervised: pass the labels to "
+                "fit(X, y), or give a fitted embedder as FrozenEstimator(embedder)."
+            )
         self._log(f"fitting {type(embedder).__name__} on {X.shape[0]} rows")
-        return embedder.fit(X)
+        # y=None is passed on too: some fit methods (FrozenEstimator's) require it.
+        return embedder.fit(X, y)
 
     def _embed(self, X, queries=False):
         """Codes of ``X`` (float32) and which rows the index can rank.
@@ -278,7 +306,9 @@ class LearnedNeighbors(SearchBase):
         from pynndescent import NNDescent
 
         self._log(f"building pynndescent graph on {Z.shape[0]} x {Z.shape[1]} points")
-        metric = self._index_metric
+        # Codes are compared with the Euclidean distance; passthrough inputs
+        # with the estimator's metric (unit rows for cosine).
+        metric = self._metric if self.embedder_ is None else Metric("euclidean")
         index = NNDescent(
             Z,
             metric=_PYNNDESCENT_METRICS[metric.name],
@@ -295,35 +325,33 @@ class LearnedNeighbors(SearchBase):
     def _n_candidates(self, k, params):
         return min(self.n_samples_fit_, max(k, params["candidates_per_neighbor"] * k))
 
-    def _candidates(self, Q, n_candidates):
-        Zq, finite = self._embed(Q, queries=True)
+    def _candidates(self, q, n_candidates):
+        Zq, finite = self._embed(self._space.unit_raw(q), queries=True)
         if self.backend_ == "brute":
-            candidates = block_topk(
-                self._index_metric, Zq, self._Z, n_candidates, self._Z_sqnorm, self._n_jobs
-            )[1]
+            candidates = block_topk(Zq, self._Z, n_candidates, self._Z_sqnorm, self._n_jobs)[1]
         else:
             ind, dist = self._nndescent.query(Zq, k=n_candidates, epsilon=_NNDESCENT_EPSILON)
             candidates = _valid_candidates(ind, dist)
         candidates[~finite] = -1  # no candidates: these queries are searched exactly
         return candidates
 
-    def _knn(self, Q, k, params):
+    def _knn(self, q, k, params):
         if self._exact:
-            return exact_kneighbors(self._metric, Q, self._X, k, n_jobs=self._n_jobs)
-        candidates = self._candidates(Q, self._n_candidates(k, params))
-        return rerank(self._metric, Q, self._X, candidates, k, self._n_jobs)
+            return exact_kneighbors(self._space, q, k, n_jobs=self._n_jobs)
+        candidates = self._candidates(q, self._n_candidates(k, params))
+        return rerank(self._space, q, candidates, k, self._n_jobs)
 
-    def _radius(self, Q, radius, params):
+    def _radius(self, q, radius, params):
         if self._exact:
-            return exact_radius(self._metric, Q, self._X, radius, self._n_jobs)
-        candidates = self._candidates(Q, self._n_candidates(self.n_neighbors, params))
-        dist, ind = candidate_radius(self._metric, Q, self._X, candidates, radius, self._n_jobs)
+            return exact_radius(self._space, q, radius, self._n_jobs)
+        candidates = self._candidates(q, self._n_candidates(self.n_neighbors, params))
+        dist, ind = candidate_radius(self._space, q, candidates, radius, self._n_jobs)
         # Where every candidate lies within the radius, the ball may hold more
         # points than were looked at: search those queries exactly.
         n_valid = (candidates >= 0).sum(axis=1)
         full = np.flatnonzero(np.array([len(i) for i in ind]) >= n_valid)
         if len(full) and candidates.shape[1] < self.n_samples_fit_:
-            d, i = exact_radius(self._metric, Q[full], self._X, radius, self._n_jobs)
+            d, i = exact_radius(self._space, q[full], radius, self._n_jobs)
             for row, d_row, i_row in zip(full, d, i):
                 dist[row], ind[row] = d_row, i_row
         return dist, ind
@@ -342,6 +370,14 @@ class LearnedNeighbors(SearchBase):
             if c * self.n_neighbors >= self.n_samples_fit_:
                 break
         return efforts
+
+
+def _needs_y(estimator):
+    """Whether ``estimator.fit`` needs targets (scikit-learn's tags say so)."""
+    try:
+        return bool(estimator.__sklearn_tags__().target_tags.required)
+    except AttributeError:
+        return False
 
 
 def _valid_candidates(ind, dist):

@@ -1,20 +1,25 @@
-"""Metric handling shared by every search estimator.
+"""Metrics, and the forms in which fitted rows are searched.
 
-A :class:`Metric` knows two ways to measure distances:
+Two ways to measure distances are used, never mixed up:
 
-* :meth:`Metric.block` -- a dense block of distances between two sets of rows,
-  fast (one matrix product for the Euclidean family and cosine) but, for the
-  Euclidean family, subject to the cancellation error of the expanded
-  ``|a|^2 - 2 a.b + |b|^2`` formula. It is used to *select* neighbours.
-* :meth:`Metric.paired` -- distances between aligned pairs of rows, computed
-  from differences, hence accurate. It is used for every distance that is
-  *returned* to the user.
+* *Ranking* values, fast: for the Euclidean family and cosine one float32
+  matrix product of rows that were centred and scaled first
+  (:class:`Space`), so that cancellation in the expanded
+  ``|a|^2 - 2 a.b + |b|^2`` formula stays small and bounded
+  (:attr:`Space.tol`). They only *select* rows, with a margin that covers
+  their error.
+* Exact distances, :meth:`Metric.paired`: float64, from differences of the
+  rows as given. Every distance that is returned, and every final decision
+  between rows, is made with these.
+
+The other metrics (Manhattan, Chebyshev, Minkowski) are ranked with scipy's
+``cdist``, which already computes in float64 from differences.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.distance import cdist
+from sklearn.utils import gen_batches
 
 _ALIASES = {
     "euclidean": "euclidean",
@@ -32,7 +37,12 @@ _ALIASES = {
 #: Names accepted for the ``metric`` parameter.
 SUPPORTED_METRICS = tuple(sorted(_ALIASES))
 
-_CDIST_NAMES = {"manhattan": "cityblock", "chebyshev": "chebyshev"}
+_CDIST_NAMES = {"manhattan": "cityblock", "chebyshev": "chebyshev", "minkowski": "minkowski"}
+# Rows transformed to float64 at once (bounds the temporaries of Space).
+_ROW_CHUNK = 4096
+#: Largest magnitude of float64 values that can be searched: beyond it,
+#: squared differences overflow float64 (float32 values always fit).
+MAX_ABS_VALUE = 2.0**500
 
 
 @dataclass(frozen=True)
@@ -54,87 +64,57 @@ class Metric:
 
     @property
     def is_dot_product(self):
-        """Whether :meth:`block` uses one matrix product."""
+        """Whether rows are ranked with one matrix product (see :class:`Space`)."""
         return self.name in ("euclidean", "sqeuclidean", "cosine")
 
-    def prepare(self, X):
-        """Return the rows in the form :meth:`block` and :meth:`paired` expect.
+    def cdist(self, A, B):
+        """Exact float64 distances (scipy, from differences) for the other metrics."""
+        from scipy.spatial.distance import cdist
 
-        Cosine works on unit-normalised rows; as in scikit-learn, a row whose
-        norm is below ``10 * eps`` counts as a zero row, has no direction and
-        is at distance 1 from everything. The other metrics work on the rows
-        as they are.
-        """
-        if self.name != "cosine":
-            return X
-        norms = np.sqrt(np.einsum("ij,ij->i", X, X))
-        norms[norms < 10 * np.finfo(X.dtype).eps] = 1.0
-        return X / norms[:, None]
+        kw = {"p": self.p} if self.name == "minkowski" else {}
+        return cdist(A, B, metric=_CDIST_NAMES[self.name], **kw)
 
-    def block(self, A, B, B_sqnorm=None):
-        """Distances between every row of prepared ``A`` and prepared ``B``.
-
-        Returns a *ranking* distance, monotone in the true one (squared
-        distances for the Euclidean family), of shape ``(len(A), len(B))``.
-        Convert with :meth:`from_ranking`.
-        """
-        if self.name in ("euclidean", "sqeuclidean"):
-            if B_sqnorm is None:
-                B_sqnorm = np.einsum("ij,ij->i", B, B)
-            D = A @ B.T
-            D *= -2.0
-            D += np.einsum("ij,ij->i", A, A)[:, None]
-            D += B_sqnorm[None, :]
-            np.maximum(D, 0.0, out=D)
-            return D
-        if self.name == "cosine":
-            D = A @ B.T
-            np.subtract(1.0, D, out=D)
-            np.clip(D, 0.0, 2.0, out=D)
-            return D
-        if self.name == "minkowski":
-            return cdist(A, B, metric="minkowski", p=self.p).astype(A.dtype, copy=False)
-        return cdist(A, B, metric=_CDIST_NAMES[self.name]).astype(A.dtype, copy=False)
-
-    def from_ranking(self, D):
-        """Map a ranking distance from :meth:`block` to the true distance."""
-        if self.name == "euclidean":
-            return np.sqrt(D)
-        return D
-
-    def to_ranking(self, radius):
-        """Map a true distance (e.g. a radius) to the ranking scale."""
-        if self.name == "euclidean":
-            return radius * radius
-        return radius
-
-    def paired(self, A, B):
-        """Accurate distances between aligned rows of prepared ``A`` and ``B``.
+    def paired(self, A, B, zero_norm=0.0):
+        """Exact float64 distances between aligned rows of ``A`` and ``B``.
 
         ``A`` and ``B`` broadcast against each other along all but the last
         axis, e.g. ``A[:, None, :]`` against ``B`` of shape ``(n, c, d)``.
+        For cosine, rows are normalised here in float64 and a row whose norm
+        is at most ``zero_norm`` (by default: a row of zeros) has no
+        direction: it is at distance 1 from everything, as in scikit-learn.
         """
+        A = np.asarray(A, dtype=np.float64)
+        B = np.asarray(B, dtype=np.float64)
+        if self.name == "cosine":
+            A, a_zero = _unit_rows(A, zero_norm)
+            B, b_zero = _unit_rows(B, zero_norm)
+            diff = A - B
+            # |a - b|^2 / 2 == 1 - a.b for unit rows, without the cancellation.
+            dist = np.clip(0.5 * np.einsum("...j,...j->...", diff, diff), 0.0, 2.0)
+            return np.where(a_zero | b_zero, 1.0, dist)
         diff = A - B
-        if self.name in ("euclidean", "sqeuclidean", "cosine"):
+        if self.name in ("euclidean", "sqeuclidean"):
             sq = np.einsum("...j,...j->...", diff, diff)
-            if self.name == "euclidean":
-                return np.sqrt(sq)
-            if self.name == "cosine":
-                # 1 - a.b == |a - b|^2 / 2 + 1 - (|a|^2 + |b|^2) / 2. For unit
-                # rows the last terms vanish and |a - b|^2 / 2 keeps its
-                # precision for nearly equal rows, where 1 - a.b does not; for
-                # a zero row (no direction) they make the distance 1.
-                norms = np.einsum("...j,...j->...", A, A, dtype=np.float64) + np.einsum(
-                    "...j,...j->...", B, B, dtype=np.float64
-                )
-                return np.clip(0.5 * sq + (1.0 - 0.5 * norms), 0.0, 2.0)
-            return sq
+            return np.sqrt(sq) if self.name == "euclidean" else sq
         np.abs(diff, out=diff)
         if self.name == "manhattan":
             return diff.sum(axis=-1)
         if self.name == "chebyshev":
             return diff.max(axis=-1)
         return np.power(np.power(diff, self.p).sum(axis=-1), 1.0 / self.p)
+
+
+def _unit_rows(A, zero_norm=0.0):
+    """Unit rows of float64 ``A`` and which rows have no direction.
+
+    Rows are divided by their largest entry first, so that tiny or huge rows
+    neither underflow nor overflow.
+    """
+    big = np.abs(A).max(axis=-1, initial=0.0)
+    A = A / np.where(big > 0, big, 1.0)[..., None]
+    norms = np.sqrt(np.einsum("...j,...j->...", A, A)) * big
+    zero = ~(norms > zero_norm)
+    return A / np.where(zero, 1.0, norms / np.where(big > 0, big, 1.0))[..., None], zero
 
 
 def resolve_metric(metric, p=2, metric_params=None):
@@ -159,7 +139,7 @@ def resolve_metric(metric, p=2, metric_params=None):
     name = _ALIASES[metric]
     if name == "minkowski":
         p = params.pop("p", p)
-        if p is None or not np.isreal(p) or p < 1:
+        if p is None or not np.isreal(p) or not p >= 1:
             raise ValueError(f"metric='minkowski' needs p >= 1, got p={p!r}.")
         if p == 1:
             name = "manhattan"
@@ -173,3 +153,188 @@ def resolve_metric(metric, p=2, metric_params=None):
             "only metric='minkowski' takes a parameter ('p')."
         )
     return Metric(name, float(p) if name == "minkowski" else 2.0)
+
+
+@dataclass
+class Rows:
+    """Rows in the two forms search uses.
+
+    ``data``: the rows as given, in their own dtype; exact distances are
+    computed from them. ``block``: the
+    ranking form, float32 rows centred and scaled (unit rows for cosine) for
+    the dot-product metrics, ``data`` itself for the others. ``sq``: squared
+    norms of ``block`` in float64 (None for the other metrics).
+    """
+
+    data: np.ndarray
+    block: np.ndarray
+    sq: np.ndarray = None
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        sq = None if self.sq is None else self.sq[index]
+        return Rows(self.data[index], self.block[index], sq)
+
+
+class Space:
+    """How one fitted data set is searched exactly.
+
+    Built from the fitted rows ``X``, it holds them as :class:`Rows`, and
+    turns query rows into the same forms with :meth:`rows`:
+
+    * For the dot-product metrics, the ranking rows are
+      ``float32((row - centre) * block_scale)`` (cosine: the float64 unit
+      rows in float32): centring removes the cancellation of the expanded
+      formula for data far from the origin, and the power-of-two
+      ``block_scale`` keeps float32 squares in range at any scale.
+    * :attr:`tol`: ranking values computed from these rows are within
+      ``tol * (|q|^2 + |x|^2) + _ABS_SLACK`` of the exact ranking value of
+      the same pair (in ranking units; ``|.|`` the norms of the ranking rows).
+      The bound covers rounding the rows to float32 and the matrix product
+      in any summation order (``n_features`` terms), with a factor 2 to spare.
+    """
+
+    #: Absolute slack of the ranking error bound (ranking rows have norms
+    #: ~1, so this only matters for rows at the centre).
+    ABS_SLACK = 1e-30
+
+    def __init__(self, metric, X):
+        self.metric = metric
+        self.dtype = X.dtype
+        self.n_features = X.shape[1]
+        data = X
+        # Only a row of zeros has no direction for cosine: any threshold on
+        # the norm would depend on the data's units (scikit-learn's 10 eps
+        # does).
+        self.zero_norm = 0.0
+        self.centre, self.block_scale = None, 1.0
+        if metric.name in ("euclidean", "sqeuclidean"):
+            self.centre = _chunked(data, lambda c: c.sum(axis=0, dtype=np.float64)).reshape(
+                -1, data.shape[1]
+            ).sum(axis=0) / max(len(data), 1)
+            spread = _chunked(data, lambda c: np.abs(c - self.centre).max(initial=0.0, axis=1))
+            self.block_scale = _power_of_two_inverse(float(spread.max(initial=0.0)))
+        eps32 = float(np.finfo(np.float32).eps)
+        self.tol = (self.n_features + 16) * eps32
+        self.fitted = self._rows_of(data)
+        self.ids = self._positions = None
+
+    # ------------------------------------------------------- row order
+    def permute(self, order):
+        """Store the fitted rows in ``order`` (e.g. cluster by cluster).
+
+        Searches then return stored positions; :meth:`to_ids` maps them back
+        to row numbers of the fitted data.
+        """
+        self.fitted = self.fitted[order]
+        self.ids = np.asarray(order) if self.ids is None else self.ids[order]
+        self._positions = np.argsort(self.ids)
+
+    def fitted_rows(self, ids):
+        """:class:`Rows` of fitted rows, by row number of the fitted data."""
+        return self.fitted[ids if self.ids is None else self._positions[ids]]
+
+    def to_ids(self, ind):
+        """Stored positions (``-1``: none) to row numbers of the fitted data."""
+        if self.ids is None:
+            return ind
+        return np.where(ind >= 0, self.ids[np.maximum(ind, 0)], -1)
+
+    # ------------------------------------------------------------- forms
+    def rows(self, X):
+        """:class:`Rows` of query rows ``X`` (in the fitted dtype, user units)."""
+        return self._rows_of(np.asarray(X, dtype=self.dtype))
+
+    def _rows_of(self, data):
+        if not self.metric.is_dot_product:
+            return Rows(data, data)
+        block = np.empty(data.shape, dtype=np.float32)
+        # A query far beyond the fitted rows may overflow float32 here: its
+        # squared norm is then inf, and searches compare it with every row
+        # exactly (see _search._RANKABLE_SQ).
+        with np.errstate(over="ignore", invalid="ignore"):
+            for chunk in gen_batches(len(data), _ROW_CHUNK):
+                part = data[chunk].astype(np.float64)
+                if self.metric.name == "cosine":
+                    part, _ = _unit_rows(part, self.zero_norm)
+                else:
+                    part -= self.centre
+                    part *= self.block_scale
+                block[chunk] = part
+            sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        return Rows(data, block, sq)
+
+    def unit_raw(self, rows):
+        """The rows as learned models see them: unit-normalised for cosine."""
+        if self.metric.name != "cosine":
+            return rows.data
+        return _chunked(rows.data, lambda c: _unit_rows(c.astype(np.float64), self.zero_norm)[0]
+                        ).astype(self.dtype)
+
+    def raw_of_block(self, B):
+        """Ranking-form rows (e.g. cluster centres) back in the user's units.
+
+        For cosine they stay unit rows.
+        """
+        B = np.asarray(B, dtype=np.float64)
+        if self.centre is not None:
+            B = B / self.block_scale + self.centre
+        return B.astype(self.dtype)
+
+    # ------------------------------------------------------------- units
+    def to_ranking(self, dist):
+        """A distance to ranking units (see :meth:`block_values`)."""
+        name = self.metric.name
+        if name == "euclidean":
+            return _times_power_of_two(dist, self.block_scale, 1) ** 2
+        if name == "sqeuclidean":
+            return _times_power_of_two(dist, self.block_scale, 2)
+        return dist
+
+    # ----------------------------------------------------------- ranking
+    def block_values(self, q, x_block, x_sq=None):
+        """Ranking values between query :class:`Rows` ``q`` and ranking rows.
+
+        Squared centred distances (Euclidean family, float32), ``1 - cos``
+        (cosine, float32) or exact float64 distances (other metrics), each
+        monotone in the true distance up to :meth:`error`.
+        """
+        if not self.metric.is_dot_product:
+            return self.metric.cdist(q.block, x_block)
+        with np.errstate(over="ignore", invalid="ignore"):
+            D = q.block @ x_block.T
+            if self.metric.name == "cosine":
+                np.subtract(1.0, D, out=D)
+                return D
+            D *= -2.0
+            D += q.sq.astype(np.float32)[:, None]
+            D += x_sq.astype(np.float32)[None, :]
+        return D
+
+    def error(self, q_sq, x_sq):
+        """Bound on ``|block_values - exact|`` for rows of these squared norms."""
+        if not self.metric.is_dot_product:
+            return 0.0
+        return self.tol * (q_sq + x_sq) + self.ABS_SLACK
+
+
+def _chunked(X, func):
+    """``func`` applied to row chunks of ``X``, results concatenated."""
+    parts = [np.atleast_1d(func(X[chunk])) for chunk in gen_batches(len(X), _ROW_CHUNK)]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _times_power_of_two(value, factor, power):
+    """``value * factor**power`` for a power of two ``factor``, exactly."""
+    exponent = int(np.frexp(factor)[1]) - 1
+    with np.errstate(over="ignore", under="ignore"):
+        return np.ldexp(value, exponent * power)
+
+
+def _power_of_two_inverse(value):
+    """``2**-e`` with ``2**e`` close to ``value`` (1 for zero or non-finite)."""
+    if not np.isfinite(value) or value <= 0:
+        return 1.0
+    return float(np.ldexp(1.0, -int(np.frexp(value)[1])))

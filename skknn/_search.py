@@ -1,9 +1,15 @@
 """Exact search: chunked top-k, candidate re-ranking and radius queries.
 
-Every function takes rows already passed through :meth:`Metric.prepare` and
-processes queries in chunks sized by scikit-learn's ``working_memory``, so no
-``n_queries x n_train`` matrix is ever built for large inputs. Distances that
-leave this module are computed from differences (:meth:`Metric.paired`).
+Every function takes query :class:`~skknn._metrics.Rows` of a
+:class:`~skknn._metrics.Space` and processes queries in chunks sized by
+scikit-learn's ``working_memory``, so no ``n_queries x n_train`` matrix is
+ever built for large inputs. Distances leave this module in float64, computed
+from differences.
+
+For the dot-product metrics the fast float32 ranking values only *select*:
+every row whose ranking value could, within its error bound, be among the
+``k`` smallest is re-ranked exactly, so the final rows are those of a float64
+brute force whatever the offset or scale of the data.
 """
 
 import numpy as np
@@ -12,16 +18,28 @@ from sklearn.utils import gen_batches
 from sklearn.utils.parallel import Parallel, delayed
 
 from ._kernels import candidate_distances
+from ._metrics import _unit_rows
 
 # Work (queries x candidates x features) from which re-ranking uses the
 # compiled kernel: 3-26x faster than NumPy (measured at 20-80 candidates of
 # 784-d rows), but loading it costs ~1.5 s once per process, which small
 # searches would not win back.
 _KERNEL_FROM = 50_000_000
-# Rows selected beyond k by the fast block distances before the accurate
-# re-sort, so that rows whose order the expanded formula got wrong at the
-# k-th place can still be picked.
+# Rows selected beyond k by ranking values in the searches that merge
+# partial results (the float64 reference, cluster probes) before the exact
+# re-sort.
 _EXTRA_SELECTED = 8
+# Temporaries of one chunk of queries never exceed this (nor working_memory):
+# larger blocks do not make the matrix products faster, only the peak memory
+# higher.
+_MAX_CHUNK_BYTES = 128 * 2**20
+# Queries with more exactly re-ranked candidates than this many per neighbour
+# (ties, or data the ranking cannot separate) are re-ranked one by one.
+_PACKED_PER_NEIGHBOR = 4
+# A query whose ranking row has a squared norm beyond this (the fitted
+# ranking rows have norms ~1) is too far out for float32 ranking: all rows
+# are its candidates.
+_RANKABLE_SQ = 1e30
 # A query whose (network) representation lies this many times, squared,
 # beyond every fitted row's is out of range: the learned part only
 # extrapolates there, and float32 distances from it no longer rank anything.
@@ -29,8 +47,8 @@ _FAR_RANGE = 1e4
 
 
 def _query_batches(n_queries, bytes_per_query, n_jobs=1):
-    """Slices of queries whose work arrays fit in ``working_memory``."""
-    budget = get_config()["working_memory"] * 2**20 / max(n_jobs, 1)
+    """Slices of queries whose temporaries fit in ``working_memory``."""
+    budget = min(get_config()["working_memory"] * 2**20, _MAX_CHUNK_BYTES) / max(n_jobs, 1)
     size = int(max(1, min(n_queries, budget // max(bytes_per_query, 1))))
     return list(gen_batches(n_queries, size))
 
@@ -39,6 +57,10 @@ def _run_batches(func, batches, n_jobs):
     if n_jobs == 1 or len(batches) == 1:
         return [func(b) for b in batches]
     return Parallel(n_jobs=n_jobs, prefer="threads")(delayed(func)(b) for b in batches)
+
+
+def _stack(parts):
+    return np.vstack([d for d, _ in parts]), np.vstack([i for _, i in parts])
 
 
 def _sorted_topk(dist, ind, k):
@@ -51,161 +73,324 @@ def _sorted_topk(dist, ind, k):
     return np.take_along_axis(dist, order, axis=1), np.take_along_axis(ind, order, axis=1)
 
 
-def rerank(metric, Q, X, candidates, k, n_jobs=1):
-    """Exact top-``k`` of each query among its candidate rows of ``X``.
+# ---------------------------------------------------------------- re-ranking
+def rerank(space, q, candidates, k, n_jobs=1):
+    """Exact top-``k`` of each query among its candidate rows.
 
     Parameters
     ----------
-    metric : Metric
-    Q : ndarray of shape (n_queries, n_features)
-        Prepared queries.
-    X : ndarray of shape (n_samples, n_features)
-        Prepared indexed rows.
+    space : Space
+    q : Rows
+        The queries.
     candidates : ndarray of shape (n_queries, n_candidates)
-        Row numbers of ``X``; negative entries mean "no candidate".
+        Fitted row numbers; negative entries mean "no candidate".
     k : int
-        Neighbours to return, at most ``n_candidates``.
+        Neighbours to return.
     n_jobs : int
         Threads of the compiled distance kernel.
 
     Returns
     -------
     dist, ind : ndarrays of shape (n_queries, k)
-        Sorted by distance, ``dist`` in the dtype of ``X``; a query with
-        fewer than ``k`` valid candidates gets ``inf`` distances and index
-        ``-1`` in the missing places.
+        Float64 distances in float64, sorted by distance then index; a
+        query with fewer than ``k`` valid candidates gets ``inf`` and ``-1``
+        in the missing places.
     """
     candidates = np.asarray(candidates, dtype=np.intp)
-    Q = Q.astype(X.dtype, copy=False)
+    X = space.fitted.data
     if candidates.size * X.shape[1] >= _KERNEL_FROM:
-        dist = candidate_distances(metric, Q, X, candidates, n_jobs)
+        dist = candidate_distances(space.metric, q.data, X, candidates, n_jobs, space.zero_norm)
     else:
-        dist = _numpy_candidate_distances(metric, Q, X, candidates)
-    dist, ind = _sorted_topk(dist, np.where(candidates < 0, -1, candidates), k)
-    return dist.astype(X.dtype, copy=False), ind
+        dist = _numpy_candidate_distances(space, q.data, X, candidates)
+    ind = np.where(candidates < 0, -1, candidates)
+    if dist.shape[1] < k:  # pad, so that every query has k places
+        pad = k - dist.shape[1]
+        dist = np.hstack([dist, np.full((len(dist), pad), np.inf)])
+        ind = np.hstack([ind, np.full((len(ind), pad), -1, dtype=np.intp)])
+    return _sorted_topk(dist, ind, k)
 
 
-def _numpy_candidate_distances(metric, Q, X, candidates):
-    """NumPy twin of :func:`candidate_distances` (float64 accumulation too)."""
-    out = np.empty(candidates.shape, dtype=np.float64)
-    for batch in _query_batches(len(Q), 3 * candidates.shape[1] * X.shape[1] * 8):
-        cand = candidates[batch]
-        missing = cand < 0
-        out[batch] = metric.paired(
-            Q[batch, None, :].astype(np.float64), X[np.where(missing, 0, cand)]
-        )
-        out[batch][missing] = np.inf
+def _numpy_candidate_distances(space, Q, X, candidates):
+    """NumPy twin of :func:`candidate_distances` (float64 from differences).
+
+    Works in blocks of queries and candidates, so a query with very many
+    candidates does not gather them all at once.
+    """
+    out = np.full(candidates.shape, np.inf)
+    n_queries, n_cand = candidates.shape
+    if not out.size:
+        return out
+    per_pair = 3 * X.shape[1] * 8
+    budget = min(get_config()["working_memory"] * 2**20, _MAX_CHUNK_BYTES)
+    cols = int(max(1, min(n_cand, budget // per_pair)))
+    rows = int(max(1, budget // (per_pair * cols)))
+    for batch in gen_batches(n_queries, rows):
+        for col in gen_batches(n_cand, cols):
+            cand = candidates[batch, col]
+            valid = cand >= 0
+            d = space.metric.paired(
+                Q[batch, None, :], X[np.where(valid, cand, 0)], space.zero_norm
+            )
+            out[batch, col] = np.where(valid, d, np.inf)
     return out
 
 
-def block_topk(metric, Q, X, k, X_sqnorm=None, n_jobs=1):
-    """Top-``k`` rows of ``X`` for each query by :meth:`Metric.block` distances.
-
-    Fast, and exact for the metrics computed with ``cdist``; for the
-    dot-product metrics the order can be wrong where distances differ by less
-    than the rounding of the expanded formula. Returns ranking distances.
-    """
-    n_samples = X.shape[0]
-    if X_sqnorm is None and metric.name in ("euclidean", "sqeuclidean"):
-        X_sqnorm = np.einsum("ij,ij->i", X, X)
-
-    def one(batch):
-        D = metric.block(Q[batch], X, X_sqnorm)
-        return _sorted_topk(D, np.broadcast_to(np.arange(n_samples), D.shape), k)
-
-    batches = _query_batches(len(Q), 3 * n_samples * X.itemsize, n_jobs)
-    parts = _run_batches(one, batches, n_jobs)
-    return np.vstack([d for d, _ in parts]), np.vstack([i for _, i in parts])
-
-
-def exact_kneighbors(metric, Q, X, k, X_sqnorm=None, n_jobs=1):
-    """Exact top-``k`` neighbours of each row of ``Q`` among all rows of ``X``.
-
-    For the dot-product metrics the block distances select ``k`` (plus a
-    few) rows whose distances are then recomputed from differences and
-    re-sorted, so the returned distances are accurate even where the expanded
-    Euclidean formula is not.
+# -------------------------------------------------------------- exact top-k
+def exact_kneighbors(space, q, k, n_jobs=1):
+    """Exact top-``k`` neighbours of each query among all fitted rows.
 
     Returns
     -------
     dist, ind : ndarrays of shape (n_queries, k)
-        ``dist`` has the dtype of ``X``; ``ind`` is ``np.intp``.
+        Float64 distances in float64 (sorted, ties by index) and fitted
+        row numbers.
     """
+    X = space.fitted
+    n = len(X)
+    if not space.metric.is_dot_product:
+        # cdist is float64 from differences: its values decide directly.
+        def one(batch):
+            D = space.block_values(q[batch], X.block)
+            return _sorted_topk(D, np.broadcast_to(np.arange(n), D.shape), k)
+
+        return _stack(_run_batches(one, _query_batches(len(q), 24 * n, n_jobs), n_jobs))
+
+    def one(batch):
+        qb = q[batch]
+        cand, loose = _margin_candidates(space, qb, k)
+        dist, ind = rerank(space, qb, cand, k)
+        for row, cols in loose:
+            dist[row], ind[row] = rerank(space, qb[row : row + 1], cols[None, :], k)
+        return dist, ind
+
+    return _stack(_run_batches(one, _query_batches(len(q), 16 * n, n_jobs), n_jobs))
+
+
+def _margin_candidates(space, q, k):
+    """Rows that may be among each query's exact ``k`` nearest.
+
+    With ranking value ``v`` and error bound ``e`` of a pair, the exact value
+    lies in ``[v - e, v + e]``; the ``k``-th smallest upper bound ``U`` is at
+    least the exact ``k``-th distance, so every row with ``v - e <= U`` is
+    kept. Written out with ``e = tol * (|q|^2 + |x|^2)``, the terms in ``|q|``
+    move to the threshold and one float32 array suffices.
+
+    Returns
+    -------
+    candidates : ndarray of shape (n_queries, width)
+        Padded with -1; queries with many candidates are left out of it.
+    loose : list of (row, columns)
+        Those queries, each with its candidate rows.
+    """
+    X = space.fitted
+    tol = space.tol
+    alpha, beta = (-1.0, 0.0) if space.metric.name == "cosine" else (-2.0, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        H = q.block @ X.block.T
+        H *= alpha
+        H += ((beta + tol) * X.sq).astype(np.float32)
+        kth = np.partition(H, k - 1, axis=1)[:, k - 1].astype(np.float64)
+        threshold = kth + 2 * tol * q.sq + 2 * space.ABS_SLACK
+        H -= (2 * tol * X.sq).astype(np.float32)
+        selected = H <= threshold[:, None]
+    # A query too far out to be ranked in float32 is compared with every row.
+    selected[~(q.sq <= _RANKABLE_SQ)] = True
+    rows, cols = np.nonzero(selected)
+    return _pack(rows, cols, len(q), max(k * _PACKED_PER_NEIGHBOR, k + 64))
+
+
+def _pack(rows, cols, n_rows, width):
+    """(row, col) pairs sorted by row as a padded matrix; rows above ``width`` apart."""
+    counts = np.bincount(rows, minlength=n_rows)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    loose = [(r, cols[starts[r] : starts[r + 1]]) for r in np.flatnonzero(counts > width)]
+    keep = counts[rows] <= width
+    rows, cols = rows[keep], cols[keep]
+    counts = np.bincount(rows, minlength=n_rows)
+    pos = np.arange(len(rows)) - np.concatenate([[0], np.cumsum(counts)])[rows]
+    packed = np.full((n_rows, max(1, int(counts.max(initial=0)))), -1, dtype=np.intp)
+    packed[rows, pos] = cols
+    return packed, loose
+
+
+def reference_kneighbors(space, q, k):
+    """Exact top-``k`` in float64, by a route independent of the ranking rows.
+
+    Used to measure ``recall_``: it shares neither the float32 ranking rows
+    nor their error bound nor the compiled kernel with the searches it
+    measures. Dot-product metrics: float64 expanded distances of centred
+    (cosine: unit) rows select ``k`` plus a few per query, merged over chunks
+    of fitted rows; their distances are then recomputed from differences.
+    """
+    X = space.fitted.data
+    metric = space.metric
     if not metric.is_dot_product:
-        return block_topk(metric, Q, X, k, n_jobs=n_jobs)
-    n_select = min(X.shape[0], k + _EXTRA_SELECTED)
-    _, ind = block_topk(metric, Q, X, n_select, X_sqnorm, n_jobs)
-    return rerank(metric, Q, X, ind, k, n_jobs)
+        return _merge_over_rows(len(q), len(X), k, lambda c: metric.cdist(q.data, X[c]))
+    n_select = min(len(X), k + _EXTRA_SELECTED)
+    Qp = _prepare64(space, q.data)
+    q_sq = np.einsum("ij,ij->i", Qp, Qp)
+
+    def ranking(chunk):
+        # Squared distances of centred rows; for cosine 2 - 2 cos of unit
+        # rows, which is 2 (cosine distance 1) for a row without direction.
+        Xp = _prepare64(space, X[chunk])
+        D = Qp @ Xp.T
+        D *= -2.0
+        if metric.name == "cosine":
+            return D + 2.0
+        D += q_sq[:, None]
+        D += np.einsum("ij,ij->i", Xp, Xp)[None, :]
+        return D
+
+    _, ind = _merge_over_rows(len(q), len(X), n_select, ranking)
+    dist = metric.paired(q.data[:, None, :], X[ind], space.zero_norm)
+    return _sorted_topk(dist, ind, k)
 
 
-def _block_tolerance(metric, Qb, X_sqmax, dtype):
-    """Bound on the error of :meth:`Metric.block` for these queries."""
-    if not metric.is_dot_product:
-        return 0.0
-    eps = np.finfo(dtype).eps
-    if metric.name == "cosine":
-        return 64 * eps
-    return 64 * eps * (np.einsum("ij,ij->i", Qb, Qb)[:, None] + X_sqmax)
+def _prepare64(space, A):
+    A = A.astype(np.float64)
+    if space.metric.name == "cosine":
+        unit, zero = _unit_rows(A, space.zero_norm)
+        unit[zero] = 0.0
+        return unit
+    return A - space.centre
 
 
-def block_within(metric, Q, X, radius, X_sqnorm, X_sqmax):
-    """Pairs of rows of ``Q`` and ``X`` within ``radius`` (inclusive).
+def _merge_over_rows(n_queries, n_rows, k, block):
+    """Top-``k`` by ``block(rows)`` values, merged over chunks of fitted rows."""
+    dist = np.full((n_queries, k), np.inf)
+    ind = np.full((n_queries, k), -1, dtype=np.intp)
+    chunk = max(1, int(_MAX_CHUNK_BYTES // (24 * max(n_queries, 1))))
+    for rows in gen_batches(n_rows, chunk):
+        D = block(rows)
+        cols = np.broadcast_to(np.arange(rows.start, rows.stop), D.shape)
+        dist, ind = _sorted_topk(np.hstack([dist, D]), np.hstack([ind, cols]), k)
+    return dist, ind
 
-    The block distances, with a margin for their rounding error, select the
-    pairs; their accurate distances (from differences) decide.
+
+def exact_search(X, Q, k, metric="euclidean", n_jobs=1):
+    """Exact top-``k`` of the rows of ``Q`` among the rows of ``X`` (for scripts).
+
+    ``Q=None`` queries ``X`` itself (each row's first neighbour is itself).
+    Returns float64 distances and row numbers.
+    """
+    from joblib import effective_n_jobs
+
+    from ._metrics import Space, resolve_metric
+
+    space = Space(resolve_metric(metric), np.asarray(X))
+    q = space.fitted if Q is None else space.rows(Q)
+    return exact_kneighbors(space, q, k, effective_n_jobs(n_jobs))
+
+
+# ----------------------------------------------------------- approximate top-k
+def block_topk(Q, X, k, X_sqnorm=None, n_jobs=1):
+    """Approximate Euclidean top-``k`` of ``X`` for each row of ``Q``.
+
+    For candidate search among codes and for routing by centres: one matrix
+    product in the rows' own dtype, no exactness guarantee. Returns squared
+    distances and row numbers.
+    """
+    n_samples = X.shape[0]
+    if X_sqnorm is None:
+        X_sqnorm = np.einsum("ij,ij->i", X, X)
+
+    def one(batch):
+        # Rows that overflowed (far queries) give NaN here and some rows;
+        # callers search such queries another way.
+        with np.errstate(over="ignore", invalid="ignore"):
+            D = Q[batch] @ X.T
+            D *= -2.0
+            D += np.einsum("ij,ij->i", Q[batch], Q[batch])[:, None]
+            D += X_sqnorm[None, :]
+        return _sorted_topk(D, np.broadcast_to(np.arange(n_samples), D.shape), k)
+
+    batches = _query_batches(len(Q), (X.itemsize + 16) * n_samples, n_jobs)
+    return _stack(_run_batches(one, batches, n_jobs))
+
+
+# -------------------------------------------------------------------- radius
+def block_within(space, q, x_block, x_sq, x_data, radius):
+    """Pairs of query and fitted rows within ``radius`` (inclusive).
+
+    The ranking values, widened by their error bound, select the pairs;
+    exact distances (from differences) decide.
+
+    Parameters
+    ----------
+    x_block, x_sq : the ranking form of the fitted rows searched.
+    x_data : their exact form.
+    radius : float, in float64.
 
     Returns
     -------
     rows, cols, dist : 1-D ndarrays
-        Row of ``Q``, row of ``X`` and distance of each pair, sorted by row.
+        Query row, column of ``x_block`` and exact distance of each pair,
+        sorted by row.
     """
-    D = metric.block(Q, X, X_sqnorm)
-    bound = metric.to_ranking(radius) + _block_tolerance(metric, Q, X_sqmax, X.dtype)
-    rows, cols = np.nonzero(D <= bound)
-    dist = metric.paired(Q[rows], X[cols])
+    D = space.block_values(q, x_block, x_sq)
+    if not space.metric.is_dot_product:
+        rows, cols = np.nonzero(D <= radius)
+        return rows, cols, D[rows, cols]
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound = space.to_ranking(radius) + space.tol * q.sq[:, None] + space.ABS_SLACK
+        D -= (space.tol * x_sq).astype(np.float32)[None, :]
+        selected = D <= bound
+    selected[~(q.sq <= _RANKABLE_SQ)] = True
+    rows, cols = np.nonzero(selected)
+    dist = _pairs(space, q.data, x_data, rows, cols)
     keep = dist <= radius
     return rows[keep], cols[keep], dist[keep]
 
 
-def exact_radius(metric, Q, X, radius, n_jobs=1):
-    """All rows of ``X`` within ``radius`` (inclusive) of each query.
+def _pairs(space, Q, X, rows, cols):
+    """Exact distances of (row, col) pairs, in bounded chunks."""
+    out = np.empty(len(rows))
+    if not len(rows):
+        return out
+    for chunk in gen_batches(len(rows), max(1, _MAX_CHUNK_BYTES // (24 * X.shape[1]))):
+        out[chunk] = space.metric.paired(Q[rows[chunk]], X[cols[chunk]], space.zero_norm)
+    return out
+
+
+def exact_radius(space, q, radius, n_jobs=1):
+    """All fitted rows within ``radius`` (inclusive) of each query.
 
     Returns
     -------
     dist, ind : lists of 1-D ndarrays, one pair per query, in index order.
     """
-    X_sqnorm = np.einsum("ij,ij->i", X, X)
-    X_sqmax = X_sqnorm.max(initial=0.0)
+    X = space.fitted
 
     def one(batch):
-        rows, cols, dist = block_within(metric, Q[batch], X, radius, X_sqnorm, X_sqmax)
+        rows, cols, dist = block_within(space, q[batch], X.block, X.sq, X.data, radius)
         return _split_rows(batch.stop - batch.start, rows, cols, dist)
 
-    batches = _query_batches(len(Q), 3 * X.shape[0] * X.itemsize, n_jobs)
-    parts = _run_batches(one, batches, n_jobs)
+    parts = _run_batches(one, _query_batches(len(q), 16 * len(X), n_jobs), n_jobs)
     return [d for p in parts for d in p[0]], [i for p in parts for i in p[1]]
 
 
-def candidate_radius(metric, Q, X, candidates, radius, n_jobs=1):
+def candidate_radius(space, q, candidates, radius, n_jobs=1):
     """Like :func:`exact_radius`, searching only each query's candidates."""
     candidates = np.asarray(candidates, dtype=np.intp)
+    X = space.fitted.data
 
     def one(batch):
         cand = candidates[batch]
-        valid = cand >= 0
-        dist = metric.paired(Q[batch, None, :], X[np.where(valid, cand, 0)])
-        rows, cols = np.nonzero(valid & (dist <= radius))
+        dist = _numpy_candidate_distances(space, q.data[batch], X, cand)
+        rows, cols = np.nonzero(dist <= radius)
         # Candidates come in search order; report them in index order as the
         # exact search does.
         ind = cand[rows, cols]
         order = np.lexsort((ind, rows))
         return _split_rows(len(cand), rows[order], ind[order], dist[rows, cols][order])
 
-    batches = _query_batches(len(Q), 2 * candidates.shape[1] * X.shape[1] * X.itemsize, n_jobs)
+    batches = _query_batches(len(q), 3 * candidates.shape[1] * X.shape[1] * 8, n_jobs)
     parts = _run_batches(one, batches, n_jobs)
     return [d for p in parts for d in p[0]], [i for p in parts for i in p[1]]
 
 
+# ------------------------------------------------------------------- helpers
 def max_sqnorm(Z):
     """The largest squared row norm of ``Z``, in float64 (0 when empty)."""
     Z = np.asarray(Z, dtype=np.float64)
@@ -243,15 +428,21 @@ def drop_self(dist, ind, self_ids):
     return dist[keep].reshape(shape), ind[keep].reshape(shape)
 
 
-def recall_at_k(approx_dist, exact_dist):
+def recall_at_k(approx_dist, exact_dist, rtol=None):
     """Mean fraction of true ``k`` nearest neighbours that were returned.
 
     Counted by distance, so that a tie with the exact ``k``-th neighbour
     counts as found: returned point ``j`` of query ``i`` is correct when
-    ``approx_dist[i, j] <= exact_dist[i, -1]`` (up to rounding).
+    ``approx_dist[i, j] <= exact_dist[i, -1] * (1 + rtol)``. The tolerance is
+    relative only, so recall does not depend on the data's units; by default
+    4 float epsilons of the arrays' dtype (1e-9 for float64), enough for two
+    exact computations of one distance that summed in different orders.
     """
     if exact_dist.size == 0:
         return 1.0
+    if rtol is None:
+        dtype = np.result_type(approx_dist, exact_dist)
+        rtol = max(1e-9, 4 * float(np.finfo(dtype).eps)) if dtype.kind == "f" else 1e-9
     kth = exact_dist[:, -1:]
-    hit = approx_dist <= kth + 1e-7 * np.abs(kth) + 1e-12
+    hit = approx_dist <= kth + rtol * np.abs(kth)
     return float(np.mean(hit.sum(axis=1) / exact_dist.shape[1]))

@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._base import fit_atomically
 from ._keras import (
     TRAINING_CONSTRAINTS,
     MLPWeights,
@@ -291,8 +292,12 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Returns
         -------
         self : TripletEmbedder
-            The fitted embedder.
+            The fitted embedder. ``fit`` is atomic: if it raises (or is
+            interrupted), the embedder is left as it was before the call.
         """
+        return fit_atomically(self, type(self)._fit_state, X, y)
+
+    def _fit_state(self, X, y):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
@@ -331,7 +336,6 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         )
         self.n_iter_ = len(self.history_["loss"])
         self._network = MLPWeights.from_keras(model)
-        return self
 
     def _batch_size(self):
         K = self.samples_per_class

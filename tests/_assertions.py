@@ -24,13 +24,15 @@ def true_distances(metric, Q, X, ind):
 def exact_problem(problem, metric, query_is_train):
     """``(X, Q, k)`` of a drawn search problem, or None where it has no answer.
 
-    Rows of zeros have no direction, and scikit-learn's cosine is undefined
-    there, so they are dropped for cosine; ``Q`` is None (query the fitted
-    rows, each not its own neighbour) when ``query_is_train``.
+    For cosine, rows that scikit-learn treats as having no direction (norm
+    below its absolute 10 eps, where skknn keeps the direction of any row but
+    a row of zeros) are dropped; ``Q`` is None (query the fitted rows, each
+    not its own neighbour) when ``query_is_train``.
     """
     X, Q, k = problem
     if metric == "cosine":
-        X, Q = X[np.abs(X).sum(1) > 0], Q[np.abs(Q).sum(1) > 0]
+        tiny = 10 * np.finfo(np.float64).eps
+        X, Q = X[np.linalg.norm(X, axis=1) > tiny], Q[np.linalg.norm(Q, axis=1) > tiny]
         if len(X) < 2 or len(Q) == 0:
             return None
         k = min(k, len(X))

@@ -7,7 +7,7 @@ from scipy.spatial.distance import cdist
 from sklearn import config_context
 from sklearn.neighbors import NearestNeighbors
 
-from skknn._metrics import SUPPORTED_METRICS, Metric, resolve_metric
+from skknn._metrics import SUPPORTED_METRICS, Metric, Space, resolve_metric
 from skknn._search import (
     candidate_radius,
     drop_self,
@@ -49,17 +49,26 @@ def test_resolve_metric_errors(kwargs, match):
         resolve_metric(**kwargs)
 
 
+def make_space(metric, X, p=2):
+    return Space(resolve_metric(metric, p), X)
+
+
 @pytest.mark.parametrize("metric", sorted(set(SUPPORTED_METRICS) - {"minkowski"}))
-def test_block_and_paired_agree_with_scipy(metric, rng):
-    m = resolve_metric(metric)
+def test_ranking_within_its_bound_and_paired_agree_with_scipy(metric, rng):
     A, B = rng.randn(7, 5), rng.randn(9, 5)
     scipy_name = {"l1": "cityblock", "manhattan": "cityblock", "l2": "euclidean",
                   "infinity": "chebyshev"}.get(metric, metric)
     expected = cdist(A, B, metric=scipy_name)
-    got = m.from_ranking(m.block(m.prepare(A), m.prepare(B)))
-    assert_allclose(got, expected, atol=1e-12)
-    pa, pb = m.prepare(A), m.prepare(B)
-    assert_allclose(m.paired(pa[:, None, :], pb[None, :, :]), expected, atol=1e-12)
+    space = make_space(metric, B)
+    m = space.metric
+    assert_allclose(m.paired(A[:, None, :], B[None, :, :]), expected, atol=1e-12)
+    q, x = space.rows(A), space.fitted
+    ranking = space.block_values(q, x.block, x.sq)
+    exact_ranking = space.to_ranking(expected)
+    if m.name == "cosine":
+        exact_ranking = expected
+    bound = space.error(q.sq[:, None], x.sq[None, :]) if m.is_dot_product else 1e-12
+    assert np.all(np.abs(ranking - exact_ranking) <= bound)
 
 
 def test_minkowski_paired(rng):
@@ -72,35 +81,35 @@ def test_minkowski_paired(rng):
 def test_self_distance_is_zero_at_pixel_scale(dtype, rng):
     # The expanded formula alone gives ~1e-6 (float64) or ~1 (float32) here.
     X = (rng.rand(300, 784) * 255).astype(dtype)
-    m = Metric("euclidean")
-    dist, ind = exact_kneighbors(m, X[:50], X, 3)
+    space = make_space("euclidean", X)
+    dist, ind = exact_kneighbors(space, space.fitted[:50], 3)
     assert_array_equal(ind[:, 0], np.arange(50))
     assert np.all(dist[:, 0] == 0.0)
     expected = np.sqrt(((X[:50, None, :].astype(np.float64) - X[ind]) ** 2).sum(-1))
-    assert_allclose(dist, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert_allclose(dist, expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "manhattan", "cosine", "sqeuclidean"])
 def test_chunked_search_equals_one_block(metric, rng):
     X, Q = rng.randn(400, 8), rng.randn(120, 8)
-    m = resolve_metric(metric)
-    X, Q = m.prepare(X), m.prepare(Q)
-    full = exact_kneighbors(m, Q, X, 6)
+    space = make_space(metric, X)
+    q = space.rows(Q)
+    full = exact_kneighbors(space, q, 6)
     # A few kilobytes of working memory forces one query per chunk.
     with config_context(working_memory=0.01):
-        chunked = exact_kneighbors(m, Q, X, 6, n_jobs=2)
-        radius = exact_radius(m, Q, X, np.median(full[0]), n_jobs=2)
+        chunked = exact_kneighbors(space, q, 6, n_jobs=2)
+        radius = exact_radius(space, q, np.median(full[0]), n_jobs=2)
     assert_array_equal(full[1], chunked[1])
     assert_allclose(full[0], chunked[0])
-    full_radius = exact_radius(m, Q, X, np.median(full[0]))
+    full_radius = exact_radius(space, q, np.median(full[0]))
     for a, b in zip(radius[1], full_radius[1]):
         assert_array_equal(a, b)
 
 
 def test_exact_radius_is_inclusive_and_matches_sklearn(rng):
     X = rng.randint(0, 3, size=(60, 2)).astype(float)  # many equal distances
-    m = Metric("euclidean")
-    dist, ind = exact_radius(m, X, X, 1.0)
+    space = make_space("euclidean", X)
+    dist, ind = exact_radius(space, space.fitted, 1.0)
     nn = NearestNeighbors(radius=1.0, algorithm="brute").fit(X)
     ref_dist, ref_ind = nn.radius_neighbors(X)
     for d, i, ri in zip(dist, ind, ref_ind):
@@ -110,8 +119,9 @@ def test_exact_radius_is_inclusive_and_matches_sklearn(rng):
 
 def test_rerank_handles_missing_candidates(rng):
     X, Q = rng.randn(20, 3), rng.randn(2, 3)
+    space = make_space("euclidean", X)
     cand = np.array([[3, 5, -1, 7], [-1, -1, -1, 2]])
-    dist, ind = rerank(Metric("euclidean"), Q, X, cand, 3)
+    dist, ind = rerank(space, space.rows(Q), cand, 3)
     assert set(ind[0]) == {3, 5, 7}
     assert_array_equal(ind[1], [2, -1, -1])
     assert np.isinf(dist[1, 1:]).all()
@@ -120,9 +130,9 @@ def test_rerank_handles_missing_candidates(rng):
 
 def test_candidate_radius_returns_index_order(rng):
     X = rng.randn(30, 2)
-    m = Metric("euclidean")
+    space = make_space("euclidean", X)
     cand = np.array([[9, 2, 5, -1, 1]])
-    dist, ind = candidate_radius(m, X[:1], X, cand, 10.0)
+    dist, ind = candidate_radius(space, space.fitted[:1], cand, 10.0)
     assert_array_equal(ind[0], [1, 2, 5, 9])
     assert_allclose(dist[0], np.linalg.norm(X[[1, 2, 5, 9]] - X[0], axis=1))
 
@@ -149,13 +159,13 @@ def test_compiled_kernel_matches_numpy(metric, dtype, rng):
     from skknn._kernels import candidate_distances
     from skknn._search import _numpy_candidate_distances
 
-    m = resolve_metric(metric, p=3)
-    X = m.prepare(rng.randn(200, 17).astype(dtype))
+    X = (rng.randn(200, 17) * 50 + 1e3).astype(dtype)
     X[5] = 0.0  # a zero row: cosine distance 1
-    Q = m.prepare(rng.randn(150, 17).astype(dtype))
+    Q = (rng.randn(150, 17) * 50 + 1e3).astype(dtype)
+    space = make_space(metric, X, p=3)
     cand = rng.randint(-1, 200, size=(150, 9))
-    compiled = candidate_distances(m, Q, X, cand, n_jobs=2)
-    reference = _numpy_candidate_distances(m, Q, X, cand)
+    compiled = candidate_distances(space.metric, Q, X, cand, n_jobs=2)
+    reference = _numpy_candidate_distances(space, Q, X, cand)
     assert_allclose(compiled, reference, rtol=1e-12, atol=1e-12)
     assert np.isinf(compiled[cand < 0]).all()
 
@@ -164,9 +174,10 @@ def test_rerank_uses_the_kernel_above_the_threshold(rng, monkeypatch):
     import skknn._search as search
 
     X, Q = rng.randn(300, 6), rng.randn(40, 6)
+    space = make_space("euclidean", X)
     cand = np.argsort(rng.rand(40, 300), axis=1)[:, :50]
-    small = rerank(Metric("euclidean"), Q, X, cand, 5)
+    small = rerank(space, space.rows(Q), cand, 5)
     monkeypatch.setattr(search, "_KERNEL_FROM", 1)
-    large = rerank(Metric("euclidean"), Q, X, cand, 5)
+    large = rerank(space, space.rows(Q), cand, 5)
     assert_array_equal(small[1], large[1])
     assert_allclose(small[0], large[0], rtol=1e-12)

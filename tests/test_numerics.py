@@ -1,0 +1,307 @@
+"""No silent wrong answers: offsets, scales, honest recall_, atomic fit, input forms."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy import sparse
+from scipy.spatial.distance import cdist
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+
+from skknn import AutoencoderEmbedder, ClusterFilteredKNN, LearnedNeighbors, TripletEmbedder
+
+from .conftest import FAST_AE
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+SCIPY_NAMES = {"euclidean": "euclidean", "sqeuclidean": "sqeuclidean", "manhattan": "cityblock",
+               "cosine": "cosine", "chebyshev": "chebyshev"}
+
+
+def brute_force64(X, Q, k, metric):
+    """Float64 brute force from differences (scipy), ties by index; self excluded if Q is None."""
+    X64 = np.asarray(X, dtype=np.float64)
+    Q64 = X64 if Q is None else np.asarray(Q, dtype=np.float64)
+    D = cdist(Q64, X64, metric=SCIPY_NAMES[metric])
+    if Q is None:
+        np.fill_diagonal(D, np.inf)
+    ind = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(D, ind, axis=1), ind
+
+
+def assert_exact(dist, ind, ref_dist, ref_ind, rtol, names):
+    """Scale-free: distances within rtol; indices equal except among tied distances."""
+    msg = f"{names[0]} and {names[1]} disagree"
+    assert_allclose(dist, ref_dist, rtol=rtol, atol=0, err_msg=msg)
+    for row in range(len(ind)):
+        d, kth = ref_dist[row], ref_dist[row, -1]
+        below = d < kth - rtol * abs(kth)  # strictly closer than the k-th: no ties there
+        assert set(ind[row][dist[row] < kth - rtol * abs(kth)]) == set(ref_ind[row][below]), (
+            f"{msg} on row {row}"
+        )
+
+
+def exact_estimators(k, metric):
+    return [
+        LearnedNeighbors(k, embedder="passthrough", backend="brute", metric=metric),
+        ClusterFilteredKNN(k, router="centroid", n_clusters=3, n_probe=3, metric=metric,
+                           random_state=0),
+    ]
+
+
+@st.composite
+def shifted_scaled(draw):
+    n = draw(st.integers(4, 40))
+    d = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.RandomState(seed)
+    scale = 10.0 ** draw(st.floats(-12, 12))
+    offset = draw(st.sampled_from([0.0, 1.0, 1e3, 1e6])) * draw(st.sampled_from([1, -1]))
+    base = rng.randn(n + 5, d)
+    if draw(st.booleans()):  # integer grid: duplicates and ties
+        base = np.round(base * 2)
+    # The offset is in units of the spread: that ratio is what cancellation
+    # in the expanded formula depends on.
+    data = (base + offset) * scale
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    k = draw(st.integers(1, n - 2))
+    return data[:n].astype(dtype), data[n:].astype(dtype), k
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "manhattan", "chebyshev"])
+@given(problem=shifted_scaled(), query_is_train=st.booleans())
+def test_exact_settings_equal_float64_brute_force_at_any_offset_and_scale(
+    metric, problem, query_is_train
+):
+    X, Q, k = problem
+    Q = None if query_is_train else Q
+    ref_dist, ref_ind = brute_force64(X, Q, k, metric)
+    # Returned distances are float64 values rounded to the data's dtype.
+    rtol = 4 * np.finfo(X.dtype).eps if X.dtype == np.float32 else 1e-9
+    for est in exact_estimators(k, metric):
+        dist, ind = est.fit(X).kneighbors(Q)
+        assert dist.dtype == X.dtype
+        assert_exact(dist, ind, ref_dist, ref_ind, rtol, (type(est).__name__, "brute force"))
+        assert est.recall_ == 1.0
+
+
+@given(problem=shifted_scaled())
+def test_cosine_exact_at_any_scale(problem):
+    # Cosine is not translation invariant: scales only.
+    X, Q, k = problem
+    X, Q = X - X.mean(0), Q - X.mean(0)
+    X = X[np.abs(X).max(1) > 0]
+    if len(X) < k + 1:
+        return
+    ref_dist, ref_ind = brute_force64(X, Q, k, "cosine")
+    rtol = 4 * np.finfo(X.dtype).eps if X.dtype == np.float32 else 1e-9
+    for est in exact_estimators(k, "cosine"):
+        dist, ind = est.fit(X).kneighbors(Q)
+        # scipy's 1 - cos loses what |a - b|^2 / 2 keeps for nearly parallel rows.
+        assert_allclose(dist, ref_dist, rtol=rtol, atol=1e-12)
+
+
+# -------------------------------------------------------- the reported cases
+@pytest.mark.parametrize("offset", [1e4, 1e5])
+def test_float32_digits_far_from_origin(offset):
+    X = (load_digits().data[:600] + offset).astype(np.float32)
+    ref_dist, ref_ind = brute_force64(X, None, 10, "euclidean")
+    for est in exact_estimators(10, "euclidean"):
+        dist, ind = est.fit(X).kneighbors()
+        assert_exact(dist, ind, ref_dist, ref_ind, 1e-6, (type(est).__name__, "brute force"))
+        assert est.recall_ == 1.0
+
+
+def test_projected_map_coordinates_float32():
+    rng = np.random.RandomState(0)
+    X = (np.array([5e5, 4e6]) + rng.rand(800, 2) * 2e3).astype(np.float32)
+    ref_dist, ref_ind = brute_force64(X, None, 10, "euclidean")
+    for est in exact_estimators(10, "euclidean"):
+        dist, ind = est.fit(X).kneighbors()
+        assert_exact(dist, ind, ref_dist, ref_ind, 1e-6, (type(est).__name__, "brute force"))
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_float32_values_around_1e20():
+    X, y = load_digits(return_X_y=True)
+    X = (X[:500] * 1e20).astype(np.float32)
+    y = y[:500]
+    ref_dist, ref_ind = brute_force64(X, None, 5, "euclidean")
+    for est in exact_estimators(5, "euclidean"):
+        dist, ind = est.fit(X).kneighbors()
+        assert_exact(dist, ind, ref_dist, ref_ind, 1e-6, (type(est).__name__, "brute force"))
+    codes = AutoencoderEmbedder(**FAST_AE, random_state=0).fit_transform(X)
+    assert np.isfinite(codes).all() and len(np.unique(codes, axis=0)) > 400
+    codes = TripletEmbedder(hidden_layer_sizes=(16,), epochs=2, random_state=0).fit_transform(X, y)
+    assert np.isfinite(codes).all() and len(np.unique(codes, axis=0)) > 400
+
+
+def test_float64_values_beyond_range_are_a_clear_error():
+    X = np.ones((10, 2)) * 1e200
+    with pytest.raises(ValueError, match="overflow float64"):
+        LearnedNeighbors(embedder="passthrough").fit(X)
+    nn = LearnedNeighbors(2, embedder="passthrough").fit(np.eye(5))
+    with pytest.raises(ValueError, match="overflow float64"):
+        nn.kneighbors([[1e300] * 5])
+    nn32 = LearnedNeighbors(2, embedder="passthrough").fit(np.eye(5, dtype=np.float32))
+    with pytest.raises(ValueError, match="too large for float32"):
+        nn32.kneighbors([[1e60] * 5])
+
+
+def test_recall_and_ties_do_not_depend_on_the_scale():
+    X = load_digits().data
+    fits = [ClusterFilteredKNN(10, router="centroid", target_recall=0.99, random_state=0).fit(
+        X * scale) for scale in (1.0, 1e-14, 1e14)]
+    assert fits[0].search_params_ == fits[1].search_params_ == fits[2].search_params_
+    assert fits[0].recall_ == fits[1].recall_ == fits[2].recall_ < 1.0
+    ref_dist, _ = brute_force64(X * 1e-14, None, 10, "euclidean")
+    from skknn._search import recall_at_k
+
+    true_recall = recall_at_k(fits[1].kneighbors()[0], ref_dist)
+    assert abs(true_recall - fits[1].recall_) < 0.02
+
+
+def test_recall_reference_does_not_share_the_exact_search(monkeypatch):
+    """Break the fast exact selection: recall_ must see it, not report 1.0."""
+    import skknn._search as search
+
+    def broken(space, q, k):
+        return np.tile(np.arange(k), (len(q), 1)), []
+
+    monkeypatch.setattr(search, "_margin_candidates", broken)
+    X = load_digits().data[:400]
+    nn = LearnedNeighbors(5, embedder="passthrough", backend="brute").fit(X)
+    assert nn.recall_ < 0.2
+
+
+# -------------------------------------------------------------- atomic fit
+class _Interrupt(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LearnedNeighbors(5, embedder=PCA(4), random_state=0),
+    lambda: ClusterFilteredKNN(5, router="centroid", random_state=0),
+])
+def test_interrupted_refit_keeps_the_previous_fit(make, monkeypatch):
+    X = load_digits().data
+    est = make().fit(X[:300])
+    before = est.kneighbors(X[1500:1520])
+    recall = est.recall_
+
+    def interrupted(self, *args):
+        self.n_samples_fit_ = -1  # state written before the interruption
+        raise _Interrupt
+
+    monkeypatch.setattr(type(est), "_fit_index", interrupted)
+    with pytest.raises(_Interrupt):
+        est.fit(X[:1400])
+    assert est.n_samples_fit_ == 300 and est.recall_ == recall
+    after = est.kneighbors(X[1500:1520])
+    assert_array_equal(before[1], after[1])
+    assert_array_equal(before[0], after[0])
+
+    fresh = make()
+    with pytest.raises(_Interrupt):
+        fresh.fit(X[:300])
+    with pytest.raises(NotFittedError):
+        fresh.kneighbors(X[:2])
+
+
+@pytest.mark.parametrize("embedder, fit_args", [
+    (AutoencoderEmbedder(**FAST_AE, random_state=0), ()),
+    (TripletEmbedder(hidden_layer_sizes=(8,), epochs=2, random_state=0), ("y",)),
+])
+def test_interrupted_embedder_fit(embedder, fit_args, monkeypatch):
+    import skknn._keras as keras_helpers
+
+    X, y = load_digits(return_X_y=True)
+    args = [y[:300] for _ in fit_args]
+    embedder.fit(X[:300], *args)
+    before = embedder.transform(X[:5])
+
+    def interrupted(*a, **kw):
+        raise _Interrupt
+
+    module = __import__(type(embedder).__module__, fromlist=["train"])
+    monkeypatch.setattr(module, "train", interrupted)
+    with pytest.raises(_Interrupt):
+        embedder.fit(X[:400, :], *[y[:400] for _ in fit_args])
+    assert_array_equal(embedder.transform(X[:5]), before)
+    fresh = type(embedder)(**embedder.get_params())
+    with pytest.raises(_Interrupt):
+        fresh.fit(X[:300], *args)
+    with pytest.raises(NotFittedError):
+        fresh.transform(X[:2])
+    assert keras_helpers  # the helpers stay importable after the patch
+
+
+# ------------------------------------------------------- embedders needing y
+def test_supervised_embedder_gets_y():
+    X, y = load_digits(return_X_y=True)
+    embedder = TripletEmbedder(hidden_layer_sizes=(32,), n_components=8, epochs=3,
+                               random_state=0)
+    nn = LearnedNeighbors(5, embedder=embedder, random_state=0).fit(X[:1000], y[:1000])
+    assert nn.embedder_.classes_.tolist() == list(range(10))
+    assert nn.kneighbors(X[1000:1010])[1].shape == (10, 5)
+    with pytest.raises(ValueError, match="supervised: pass the labels"):
+        LearnedNeighbors(5, embedder=embedder).fit(X[:1000])
+
+
+def test_prefit_embedder_through_frozen_estimator():
+    X = load_digits().data
+    pca = PCA(8, random_state=0).fit(X[:500])
+    nn = LearnedNeighbors(5, embedder=FrozenEstimator(pca), random_state=0).fit(X[:1000])
+    assert_allclose(nn._embed(X[:3])[0], pca.transform(X[:3]).astype(np.float32), rtol=1e-5)
+    assert nn.embedder_.estimator is pca  # used as it is, not refitted
+
+
+# ---------------------------------------------------------------- input forms
+@pytest.mark.parametrize("make", [
+    lambda: LearnedNeighbors(4, embedder="passthrough", backend="brute"),
+    lambda: LearnedNeighbors(4, embedder=PCA(3), random_state=0),
+    lambda: ClusterFilteredKNN(4, router="centroid", random_state=0),
+])
+def test_sparse_csr_fit_and_queries_equal_dense(make):
+    X = sparse.random(300, 20, density=0.2, format="csr", random_state=0)
+    Q = sparse.random(30, 20, density=0.2, format="csr", random_state=1)
+    dense = make().fit(X.toarray())
+    sparse_fit = make().fit(X)
+    for a, b in [(dense.kneighbors(Q.toarray()), sparse_fit.kneighbors(Q)),
+                 (dense.kneighbors(), sparse_fit.kneighbors())]:
+        assert_array_equal(a[1], b[1])
+        assert_allclose(a[0], b[0])
+    radius = float(np.median(dense.kneighbors(Q.toarray())[0]))
+    for a, b in zip(dense.radius_neighbors(Q.toarray(), radius)[1],
+                    sparse_fit.radius_neighbors(Q, radius)[1]):
+        assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cls, hint", [
+    (LearnedNeighbors, "embedder='passthrough', backend='brute'"),
+    (ClusterFilteredKNN, "n_probe=n_clusters"),
+])
+def test_drop_in_keywords(cls, hint):
+    X = load_digits().data[:200]
+    with pytest.raises(ValueError, match=f"algorithm='kd_tree'.*{hint}"):
+        cls(algorithm="kd_tree").fit(X)
+    cls(algorithm="auto", leaf_size=10, random_state=0).set_params(
+        **({"embedder": "passthrough"} if cls is LearnedNeighbors else {"router": "centroid"})
+    ).fit(X)
+    nn = cls(3, metric="minkowski", p=np.inf, random_state=0)
+    nn.set_params(**({"embedder": "passthrough", "backend": "brute"} if cls is LearnedNeighbors
+                     else {"router": "centroid", "n_clusters": 4, "n_probe": 4}))
+    dist, ind = nn.fit(X).kneighbors(X[:5])
+    ref_dist, _ = brute_force64(X, X[:5], 3, "chebyshev")
+    assert_allclose(dist, ref_dist)
+
+
+def test_search_params_error_on_the_exact_setting():
+    nn = LearnedNeighbors(embedder="passthrough", backend="brute").fit(np.eye(6))
+    nn.search_params_ = {"candidates_per_neighbor": 4}
+    with pytest.raises(ValueError, match="searches exactly: it has no search effort"):
+        nn.kneighbors(np.eye(6))
