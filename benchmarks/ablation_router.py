@@ -28,12 +28,10 @@ import warnings
 import numpy as np
 
 from skknn import ClusterFilteredKNN
-from skknn._metrics import Metric
-from skknn._search import drop_self, exact_kneighbors
+from skknn._search import drop_self, exact_search
 from skknn.datasets import load_fashion_mnist
 
 PROBES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
-EUCLIDEAN = Metric("euclidean")
 
 
 def log(message):
@@ -43,14 +41,13 @@ def log(message):
 class _GivenPartition(ClusterFilteredKNN):
     """The estimator with its partition and k-NN graph supplied (benchmark only)."""
 
-    def _partition(self, X, train_rows, rng):
+    def _partition(self, B, train_rows, rng):
         self.labels_ = self.given_labels
-        self.cluster_centers_ = _part_means(X, self.labels_, self.n_clusters_).astype(X.dtype)
-        self._centers_sqnorm = np.einsum("ij,ij->i", self.cluster_centers_,
-                                         self.cluster_centers_)
-        self._store_by_cluster()
+        self._centers = _part_means(B, self.labels_, self.n_clusters_).astype(np.float32)
+        self._centers_sqnorm = np.einsum("ij,ij->i", self._centers, self._centers)
+        self.cluster_centers_ = self._space.raw_of_block(self._centers)
 
-    def _soft_labels(self, X, rows):
+    def _soft_labels(self, rows):
         m = self.n_label_neighbors
         labels = np.zeros((len(rows), self.n_clusters_), dtype=np.float32)
         np.add.at(labels, (np.arange(len(rows))[:, None],
@@ -114,8 +111,8 @@ def main(argv=None):
     n_parts = args.n_clusters
     m = max(10, args.label_neighbors)
     tic = time.perf_counter()
-    graph = drop_self(*exact_kneighbors(EUCLIDEAN, X, X, m + 1, n_jobs=-1), np.arange(len(X)))[1]
-    true_ind = exact_kneighbors(EUCLIDEAN, X_test, X, 10, n_jobs=-1)[1]
+    graph = drop_self(*exact_search(X, None, m + 1, n_jobs=-1), np.arange(len(X)))[1]
+    true_ind = exact_search(X, X_test, 10, n_jobs=-1)[1]
     log(f"exact {m}-NN graph and test neighbours: {time.perf_counter() - tic:.0f} s")
     rows = []
     for name in args.partitions:
@@ -134,7 +131,8 @@ def main(argv=None):
         np.add.at(oracle, (np.arange(len(X_test))[:, None], labels[true_ind]), 1.0)
         oracle -= 1e-6 * sizes  # among equals, the smaller part first
         means = _part_means(X, labels, n_parts)
-        centroid = -EUCLIDEAN.block(X_test, means, np.einsum("ij,ij->i", means, means))
+        # Minus squared distance to each part's mean, up to a per-query constant.
+        centroid = 2.0 * X_test @ means.T - np.einsum("ij,ij->i", means, means)
         router = _GivenPartition(
             n_clusters=n_parts, n_probe=1, hidden_layer_sizes=tuple(args.hidden),
             n_label_neighbors=args.label_neighbors, epochs=args.epochs, random_state=0,
@@ -144,7 +142,7 @@ def main(argv=None):
         tic = time.perf_counter()
         router.fit(X)
         router_s = time.perf_counter() - tic
-        mlp = router._router(router._router_input(X_test))
+        mlp = router._router(router._router_input(router._space.rows(X_test).block))
         row = {"partition": name, "partition_s": part_s, "cut_share": cut,
                "size_min": int(sizes.min()), "size_max": int(sizes.max()),
                "router_fit_s": router_s, "router_epochs": router.n_iter_}

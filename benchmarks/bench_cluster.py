@@ -21,7 +21,7 @@ import numpy as np
 
 from skknn import ClusterFilteredKNN
 from skknn._metrics import Metric
-from skknn._search import exact_kneighbors, recall_at_k
+from skknn._search import exact_search, recall_at_k
 from skknn.datasets import load_fashion_mnist
 
 PROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -67,7 +67,7 @@ def main(argv=None):
     X_train, _, X_test, _ = load_fashion_mnist()
     X_train, X_test = X_train[: args.n_train], X_test[: args.n_queries]
     k = args.k
-    true_dist, _ = exact_kneighbors(Metric("euclidean"), X_test, X_train, k)
+    true_dist, _ = exact_search(X_train, X_test, k, n_jobs=-1)
 
     nn = ClusterFilteredKNN(
         n_neighbors=k, n_clusters=args.n_clusters, router="mlp", epochs=args.epochs,
