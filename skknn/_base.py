@@ -181,9 +181,7 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         a slice of them is searched, so that memory stays bounded.
         """
         if X is None:
-            return self.n_samples_fit_, lambda batch: self._space.fitted_rows(
-                np.arange(self.n_samples_fit_)[batch]
-            )
+            return self.n_samples_fit_, self._space.fitted_rows
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
                           order="C", reset=False)
 

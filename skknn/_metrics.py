@@ -155,27 +155,43 @@ def resolve_metric(metric, p=2, metric_params=None):
     return Metric(name, float(p) if name == "minkowski" else 2.0)
 
 
-@dataclass
 class Rows:
     """Rows in the two forms search uses.
 
     ``data``: the rows as given, in their own dtype; exact distances are
-    computed from them. ``block``: the
-    ranking form, float32 rows centred and scaled (unit rows for cosine) for
-    the dot-product metrics, ``data`` itself for the others. ``sq``: squared
-    norms of ``block`` in float64 (None for the other metrics).
+    computed from them. ``block``: the ranking form, float32 rows centred and
+    scaled (unit rows for cosine) for the dot-product metrics, ``data`` itself
+    for the others. ``sq``: squared norms of ``block`` in float64 (None for
+    the other metrics). The ranking form is computed on first use, so
+    searches that only re-rank (learned candidates) never pay for it.
     """
 
-    data: np.ndarray
-    block: np.ndarray
-    sq: np.ndarray = None
+    def __init__(self, data, make_block=None, block=None, sq=None):
+        self.data = data
+        self._make_block = make_block
+        self._block, self._sq = block, sq
+
+    def _ranking(self):
+        if self._block is None:
+            self._block, self._sq = self._make_block(self.data)
+        return self._block, self._sq
+
+    @property
+    def block(self):
+        return self._ranking()[0]
+
+    @property
+    def sq(self):
+        return self._ranking()[1]
 
     def __len__(self):
         return len(self.data)
 
     def __getitem__(self, index):
-        sq = None if self.sq is None else self.sq[index]
-        return Rows(self.data[index], self.block[index], sq)
+        if self._block is None:
+            return Rows(self.data[index], self._make_block)
+        sq = None if self._sq is None else self._sq[index]
+        return Rows(self.data[index], self._make_block, self._block[index], sq)
 
 
 class Space:
@@ -218,7 +234,8 @@ class Space:
             self.block_scale = _power_of_two_inverse(float(spread.max(initial=0.0)))
         eps32 = float(np.finfo(np.float32).eps)
         self.tol = (self.n_features + 16) * eps32
-        self.fitted = self._rows_of(data)
+        self.fitted = self.rows(data)
+        self.fitted._ranking()
         self.ids = self._positions = None
 
     # ------------------------------------------------------- row order
@@ -233,7 +250,7 @@ class Space:
         self._positions = np.argsort(self.ids)
 
     def fitted_rows(self, ids):
-        """:class:`Rows` of fitted rows, by row number of the fitted data."""
+        """:class:`Rows` of fitted rows, by row number (or slice) of the fitted data."""
         return self.fitted[ids if self.ids is None else self._positions[ids]]
 
     def to_ids(self, ind):
@@ -245,11 +262,12 @@ class Space:
     # ------------------------------------------------------------- forms
     def rows(self, X):
         """:class:`Rows` of query rows ``X`` (in the fitted dtype, user units)."""
-        return self._rows_of(np.asarray(X, dtype=self.dtype))
+        return Rows(np.asarray(X, dtype=self.dtype), self._ranking_form)
 
-    def _rows_of(self, data):
+    def _ranking_form(self, data):
+        """The ranking rows of ``data`` and their squared norms."""
         if not self.metric.is_dot_product:
-            return Rows(data, data)
+            return data, None
         block = np.empty(data.shape, dtype=np.float32)
         # A query far beyond the fitted rows may overflow float32 here: its
         # squared norm is then inf, and searches compare it with every row
@@ -264,7 +282,7 @@ class Space:
                     part *= self.block_scale
                 block[chunk] = part
             sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
-        return Rows(data, block, sq)
+        return block, sq
 
     def unit_raw(self, rows):
         """The rows as learned models see them: unit-normalised for cosine."""

@@ -13,12 +13,13 @@ brute force whatever the offset or scale of the data.
 """
 
 import numpy as np
+from joblib import effective_n_jobs
 from sklearn import get_config
 from sklearn.utils import gen_batches
 from sklearn.utils.parallel import Parallel, delayed
 
 from ._kernels import candidate_distances
-from ._metrics import _unit_rows
+from ._metrics import Space, _unit_rows, resolve_metric
 
 # Work (queries x candidates x features) from which re-ranking uses the
 # compiled kernel: 3-26x faster than NumPy (measured at 20-80 candidates of
@@ -225,7 +226,7 @@ def reference_kneighbors(space, q, k):
     X = space.fitted.data
     metric = space.metric
     if not metric.is_dot_product:
-        return _merge_over_rows(len(q), len(X), k, lambda c: metric.cdist(q.data, X[c]))
+        return _merge_over_rows(q.data, len(X), k, lambda c: metric.cdist(q.data, X[c]))
     n_select = min(len(X), k + _EXTRA_SELECTED)
     Qp = _prepare64(space, q.data)
     q_sq = np.einsum("ij,ij->i", Qp, Qp)
@@ -242,7 +243,7 @@ def reference_kneighbors(space, q, k):
         D += np.einsum("ij,ij->i", Xp, Xp)[None, :]
         return D
 
-    _, ind = _merge_over_rows(len(q), len(X), n_select, ranking)
+    _, ind = _merge_over_rows(q.data, len(X), n_select, ranking)
     dist = metric.paired(q.data[:, None, :], X[ind], space.zero_norm)
     return _sorted_topk(dist, ind, k)
 
@@ -256,11 +257,16 @@ def _prepare64(space, A):
     return A - space.centre
 
 
-def _merge_over_rows(n_queries, n_rows, k, block):
-    """Top-``k`` by ``block(rows)`` values, merged over chunks of fitted rows."""
+def _merge_over_rows(Q, n_rows, k, block):
+    """Top-``k`` by ``block(rows)`` values, merged over chunks of fitted rows.
+
+    A chunk's temporaries (its float64 rows and block of values) stay within
+    the chunk budget.
+    """
+    n_queries, n_features = Q.shape
     dist = np.full((n_queries, k), np.inf)
     ind = np.full((n_queries, k), -1, dtype=np.intp)
-    chunk = max(1, int(_MAX_CHUNK_BYTES // (24 * max(n_queries, 1))))
+    chunk = max(1, int(_MAX_CHUNK_BYTES // (8 * (n_features + 3 * n_queries))))
     for rows in gen_batches(n_rows, chunk):
         D = block(rows)
         cols = np.broadcast_to(np.arange(rows.start, rows.stop), D.shape)
@@ -274,10 +280,6 @@ def exact_search(X, Q, k, metric="euclidean", n_jobs=1):
     ``Q=None`` queries ``X`` itself (each row's first neighbour is itself).
     Returns float64 distances and row numbers.
     """
-    from joblib import effective_n_jobs
-
-    from ._metrics import Space, resolve_metric
-
     space = Space(resolve_metric(metric), np.asarray(X))
     q = space.fitted if Q is None else space.rows(Q)
     return exact_kneighbors(space, q, k, effective_n_jobs(n_jobs))

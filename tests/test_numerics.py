@@ -94,8 +94,9 @@ def test_cosine_exact_at_any_scale(problem):
     # Cosine is not translation invariant: scales only.
     X, Q, k = problem
     X, Q = X - X.mean(0), Q - X.mean(0)
-    X = X[np.abs(X).max(1) > 0]
-    if len(X) < k + 1:
+    # scipy's cosine is NaN for a row of zeros (skknn: distance 1).
+    X, Q = X[np.abs(X).max(1) > 0], Q[np.abs(Q).max(1) > 0]
+    if len(X) < k + 1 or len(Q) == 0:
         return
     ref_dist, ref_ind = brute_force64(X, Q, k, "cosine")
     rtol = 4 * np.finfo(X.dtype).eps if X.dtype == np.float32 else 1e-9
@@ -217,8 +218,6 @@ def test_interrupted_refit_keeps_the_previous_fit(make, monkeypatch):
     (TripletEmbedder(hidden_layer_sizes=(8,), epochs=2, random_state=0), ("y",)),
 ])
 def test_interrupted_embedder_fit(embedder, fit_args, monkeypatch):
-    import skknn._keras as keras_helpers
-
     X, y = load_digits(return_X_y=True)
     args = [y[:300] for _ in fit_args]
     embedder.fit(X[:300], *args)
@@ -237,7 +236,6 @@ def test_interrupted_embedder_fit(embedder, fit_args, monkeypatch):
         fresh.fit(X[:300], *args)
     with pytest.raises(NotFittedError):
         fresh.transform(X[:2])
-    assert keras_helpers  # the helpers stay importable after the patch
 
 
 # ------------------------------------------------------- embedders needing y
