@@ -24,6 +24,7 @@ from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._kernels import load as load_kernel
 from ._metrics import MAX_ABS_VALUE, SUPPORTED_METRICS, Space, resolve_metric
 from ._search import drop_self, exact_kneighbors, recall_at_k, reference_kneighbors
 
@@ -126,6 +127,8 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         rng = check_random_state(self.random_state)
         eval_rows, train_rows = self._recall_rows(X.shape[0], rng)
         self._fit_index(X, y, train_rows, rng)
+        # The kernel started loading with the space; queries must not wait.
+        load_kernel()
         self._tune_search(eval_rows)
 
     @staticmethod

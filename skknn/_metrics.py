@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.utils import gen_batches
 
+from ._kernels import preload
+
 _ALIASES = {
     "euclidean": "euclidean",
     "l2": "euclidean",
@@ -217,6 +219,7 @@ class Space:
     ABS_SLACK = 1e-30
 
     def __init__(self, metric, X):
+        preload()  # the re-ranking kernel, while the rows are prepared
         self.metric = metric
         self.dtype = X.dtype
         self.n_features = X.shape[1]
@@ -237,6 +240,12 @@ class Space:
         self.fitted = self.rows(data)
         self.fitted._ranking()
         self.ids = self._positions = None
+
+    def __setstate__(self, state):
+        # Unpickled (e.g. in a fresh process): load the kernel ahead of the
+        # first query.
+        self.__dict__.update(state)
+        preload()
 
     # ------------------------------------------------------- row order
     def permute(self, order):

@@ -21,11 +21,6 @@ from sklearn.utils.parallel import Parallel, delayed
 from ._kernels import candidate_distances
 from ._metrics import Space, _unit_rows, resolve_metric
 
-# Work (queries x candidates x features) from which re-ranking uses the
-# compiled kernel: 3-26x faster than NumPy (measured at 20-80 candidates of
-# 784-d rows), but loading it costs ~1.5 s once per process, which small
-# searches would not win back.
-_KERNEL_FROM = 50_000_000
 # Rows selected beyond k by ranking values in the searches that merge
 # partial results (the float64 reference, cluster probes) before the exact
 # re-sort.
@@ -99,41 +94,13 @@ def rerank(space, q, candidates, k, n_jobs=1):
     """
     candidates = np.asarray(candidates, dtype=np.intp)
     X = space.fitted.data
-    if candidates.size * X.shape[1] >= _KERNEL_FROM:
-        dist = candidate_distances(space.metric, q.data, X, candidates, n_jobs, space.zero_norm)
-    else:
-        dist = _numpy_candidate_distances(space, q.data, X, candidates)
+    dist = candidate_distances(space.metric, q.data, X, candidates, n_jobs, space.zero_norm)
     ind = np.where(candidates < 0, -1, candidates)
     if dist.shape[1] < k:  # pad, so that every query has k places
         pad = k - dist.shape[1]
         dist = np.hstack([dist, np.full((len(dist), pad), np.inf)])
         ind = np.hstack([ind, np.full((len(ind), pad), -1, dtype=np.intp)])
     return _sorted_topk(dist, ind, k)
-
-
-def _numpy_candidate_distances(space, Q, X, candidates):
-    """NumPy twin of :func:`candidate_distances` (float64 from differences).
-
-    Works in blocks of queries and candidates, so a query with very many
-    candidates does not gather them all at once.
-    """
-    out = np.full(candidates.shape, np.inf)
-    n_queries, n_cand = candidates.shape
-    if not out.size:
-        return out
-    per_pair = 3 * X.shape[1] * 8
-    budget = min(get_config()["working_memory"] * 2**20, _MAX_CHUNK_BYTES)
-    cols = int(max(1, min(n_cand, budget // per_pair)))
-    rows = int(max(1, budget // (per_pair * cols)))
-    for batch in gen_batches(n_queries, rows):
-        for col in gen_batches(n_cand, cols):
-            cand = candidates[batch, col]
-            valid = cand >= 0
-            d = space.metric.paired(
-                Q[batch, None, :], X[np.where(valid, cand, 0)], space.zero_norm
-            )
-            out[batch, col] = np.where(valid, d, np.inf)
-    return out
 
 
 # -------------------------------------------------------------- exact top-k
@@ -379,7 +346,7 @@ def candidate_radius(space, q, candidates, radius, n_jobs=1):
 
     def one(batch):
         cand = candidates[batch]
-        dist = _numpy_candidate_distances(space, q.data[batch], X, cand)
+        dist = candidate_distances(space.metric, q.data[batch], X, cand, 1, space.zero_norm)
         rows, cols = np.nonzero(dist <= radius)
         # Candidates come in search order; report them in index order as the
         # exact search does.
@@ -387,7 +354,7 @@ def candidate_radius(space, q, candidates, radius, n_jobs=1):
         order = np.lexsort((ind, rows))
         return _split_rows(len(cand), rows[order], ind[order], dist[rows, cols][order])
 
-    batches = _query_batches(len(q), 3 * candidates.shape[1] * X.shape[1] * 8, n_jobs)
+    batches = _query_batches(len(q), 16 * candidates.shape[1], n_jobs)
     parts = _run_batches(one, batches, n_jobs)
     return [d for p in parts for d in p[0]], [i for p in parts for i in p[1]]
 

@@ -155,9 +155,8 @@ def test_recall_counts_ties_as_found():
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine", "manhattan",
                                     "chebyshev", "minkowski"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_compiled_kernel_matches_numpy(metric, dtype, rng):
+def test_compiled_kernel_matches_paired_distances(metric, dtype, rng):
     from skknn._kernels import candidate_distances
-    from skknn._search import _numpy_candidate_distances
 
     X = (rng.randn(200, 17) * 50 + 1e3).astype(dtype)
     X[5] = 0.0  # a zero row: cosine distance 1
@@ -165,19 +164,41 @@ def test_compiled_kernel_matches_numpy(metric, dtype, rng):
     space = make_space(metric, X, p=3)
     cand = rng.randint(-1, 200, size=(150, 9))
     compiled = candidate_distances(space.metric, Q, X, cand, n_jobs=2)
-    reference = _numpy_candidate_distances(space, Q, X, cand)
-    assert_allclose(compiled, reference, rtol=1e-12, atol=1e-12)
-    assert np.isinf(compiled[cand < 0]).all()
+    reference = space.metric.paired(Q[:, None, :], X[np.maximum(cand, 0)])
+    valid = cand >= 0
+    assert_allclose(compiled[valid], reference[valid], rtol=1e-12, atol=1e-12)
+    assert np.isinf(compiled[~valid]).all()
 
 
-def test_rerank_uses_the_kernel_above_the_threshold(rng, monkeypatch):
-    import skknn._search as search
+_FRESH_PROCESS = """
+import pickle, sys, numpy as np
+import skknn._kernels as kernels
+from skknn import LearnedNeighbors
+X = np.random.RandomState(0).rand(300, 8)
+if sys.argv[1] == "fit":
+    nn = LearnedNeighbors(3, embedder="passthrough").fit(X)
+    loaded = kernels._KERNEL is not None
+else:
+    nn = pickle.load(open(sys.argv[2], "rb"))
+    threads = [t for t in __import__("threading").enumerate() if t.name == "skknn-kernel-load"]
+    [t.join() for t in threads]
+    loaded = bool(threads) and kernels._KERNEL is not None
+print(loaded)
+"""
 
-    X, Q = rng.randn(300, 6), rng.randn(40, 6)
-    space = make_space("euclidean", X)
-    cand = np.argsort(rng.rand(40, 300), axis=1)[:, :50]
-    small = rerank(space, space.rows(Q), cand, 5)
-    monkeypatch.setattr(search, "_KERNEL_FROM", 1)
-    large = rerank(space, space.rows(Q), cand, 5)
-    assert_array_equal(small[1], large[1])
-    assert_allclose(small[0], large[0], rtol=1e-12)
+
+def test_the_kernel_is_loaded_by_fit_and_by_unpickling(tmp_path):
+    """No query pays for loading the re-ranking kernel, in a fresh process."""
+    import pickle
+    import subprocess
+    import sys
+
+    from skknn import LearnedNeighbors
+
+    path = tmp_path / "nn.pkl"
+    nn = LearnedNeighbors(3, embedder="passthrough").fit(np.random.RandomState(0).rand(50, 8))
+    path.write_bytes(pickle.dumps(nn))
+    for args in (["fit"], ["load", str(path)]):
+        out = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, *args], capture_output=True,
+                             text=True, check=True, timeout=300)
+        assert out.stdout.strip() == "True", out.stderr
