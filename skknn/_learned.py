@@ -326,33 +326,43 @@ class LearnedNeighbors(SearchBase):
         return min(self.n_samples_fit_, max(k, params["candidates_per_neighbor"] * k))
 
     def _candidates(self, q, n_candidates):
-        Zq, finite = self._embed(self._space.unit_raw(q), queries=True)
+        """Candidate rows of each query, and which queries to search exactly.
+
+        The mask marks queries the index cannot rank (their code is not
+        finite or lies far beyond every fitted code): both ``kneighbors`` and
+        ``radius_neighbors`` search them exactly.
+        """
+        Zq, rankable = self._embed(self._space.unit_raw(q), queries=True)
         if self.backend_ == "brute":
             candidates = block_topk(Zq, self._Z, n_candidates, self._Z_sqnorm, self._n_jobs)[1]
         else:
             ind, dist = self._nndescent.query(Zq, k=n_candidates, epsilon=_NNDESCENT_EPSILON)
             candidates = _valid_candidates(ind, dist)
-        candidates[~finite] = -1  # no candidates: these queries are searched exactly
-        return candidates
+        candidates[~rankable] = -1
+        return candidates, ~rankable
 
     def _knn(self, q, k, params):
         if self._exact:
             return exact_kneighbors(self._space, q, k, n_jobs=self._n_jobs)
-        candidates = self._candidates(q, self._n_candidates(k, params))
-        return rerank(self._space, q, candidates, k, self._n_jobs)
+        candidates, exact = self._candidates(q, self._n_candidates(k, params))
+        dist, ind = rerank(self._space, q, candidates, k, self._n_jobs)
+        if exact.any():
+            dist[exact], ind[exact] = exact_kneighbors(self._space, q[exact], k, self._n_jobs)
+        return dist, ind
 
     def _radius(self, q, radius, params):
         if self._exact:
             return exact_radius(self._space, q, radius, self._n_jobs)
-        candidates = self._candidates(q, self._n_candidates(self.n_neighbors, params))
+        candidates, exact = self._candidates(q, self._n_candidates(self.n_neighbors, params))
         dist, ind = candidate_radius(self._space, q, candidates, radius, self._n_jobs)
         # Where every candidate lies within the radius, the ball may hold more
-        # points than were looked at: search those queries exactly.
+        # points than were looked at (unless every fitted point was one).
         n_valid = (candidates >= 0).sum(axis=1)
-        full = np.flatnonzero(np.array([len(i) for i in ind]) >= n_valid)
-        if len(full) and candidates.shape[1] < self.n_samples_fit_:
-            d, i = exact_radius(self._space, q[full], radius, self._n_jobs)
-            for row, d_row, i_row in zip(full, d, i):
+        full = (np.array([len(i) for i in ind]) >= n_valid) & (n_valid < self.n_samples_fit_)
+        redo = np.flatnonzero(exact | full)
+        if len(redo):
+            d, i = exact_radius(self._space, q[redo], radius, self._n_jobs)
+            for row, d_row, i_row in zip(redo, d, i):
                 dist[row], ind[row] = d_row, i_row
         return dist, ind
 

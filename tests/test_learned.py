@@ -234,6 +234,18 @@ def test_queries_overflowing_the_embedder_are_searched_exactly(blobs_fit):
     assert len(r_ind[0]) >= 401
 
 
+def test_far_queries_are_searched_exactly_by_kneighbors_and_radius_neighbors(rng):
+    # Few points, so the candidates already cover every fitted point: the
+    # fallback must not depend on the candidate count.
+    X = rng.randn(40, 6)
+    nn = LearnedNeighbors(5, embedder=PCA(2), random_state=0).fit(X)
+    Q = np.vstack([np.full(6, 1e6), X[:2] + 0.01])
+    dist, ind = nn.kneighbors(Q)
+    assert ind.shape == (3, 5) and np.all(ind >= 0)
+    _, r_ind = nn.radius_neighbors(Q, radius=1e9)
+    assert [len(i) for i in r_ind] == [40, 40, 40]
+
+
 def test_radius_larger_than_the_candidates_falls_back_to_exact(blobs_fit):
     nn, X_train, X_test = blobs_fit
     n_candidates = nn.search_params_["candidates_per_neighbor"] * nn.n_neighbors
