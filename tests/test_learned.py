@@ -478,7 +478,8 @@ def test_rows_short_of_candidates_fall_back_to_exact_search(rng):
     X = rng.randn(80, 3)
     nn = LearnedNeighbors(n_neighbors=4, embedder=PCA(2), random_state=0).fit(X)
     # An index that finds only two candidates per query.
-    nn._candidates = lambda Q, c: np.tile([0, 1] + [-1] * (c - 2), (len(Q), 1))
+    nn._candidates = lambda q, c: (np.tile([0, 1] + [-1] * (c - 2), (len(q), 1)),
+                                   np.zeros(len(q), dtype=bool))
     dist, ind = nn.kneighbors(X[:10])
     ref_dist, ref_ind = NearestNeighbors(n_neighbors=4).fit(X).kneighbors(X[:10])
     assert_array_equal(ind, ref_ind)
