@@ -77,10 +77,27 @@ def _compile():
         return acc ** (1.0 / p)
 
     @jit
-    def unit_sq_diff(q, x, q_norm, x_norm):
+    def max_abs(x):
+        acc = 0.0
+        for t in range(x.shape[0]):
+            acc = max(acc, abs(np.float64(x[t])))
+        return acc
+
+    @jit
+    def scaled_norm(x, big):
+        acc = 0.0
+        for t in range(x.shape[0]):
+            v = np.float64(x[t]) / big
+            acc += v * v
+        return np.sqrt(acc)
+
+    @jit
+    def unit_sq_diff(q, x, q_big, q_norm, x_big, x_norm):
+        # As Metric.paired: divide by the largest entry, then by the norm, so
+        # that proportional rows give identical unit rows (distance exactly 0).
         acc = 0.0
         for t in range(q.shape[0]):
-            diff = np.float64(q[t]) / q_norm - np.float64(x[t]) / x_norm
+            diff = np.float64(q[t]) / q_big / q_norm - np.float64(x[t]) / x_big / x_norm
             acc += diff * diff
         return acc
 
@@ -88,7 +105,8 @@ def _compile():
     def candidate_distances(Q, X, candidates, code, p, zero_norm, out):
         for i in range(Q.shape[0]):
             q = Q[i]
-            q_norm = np.sqrt(sq_norm(q)) if code == 2 else 0.0
+            q_big = max_abs(q) if code == 2 else 0.0
+            q_norm = scaled_norm(q, q_big) if q_big > 0 else 0.0
             for j in range(candidates.shape[1]):
                 row = candidates[i, j]
                 if row < 0:
@@ -100,11 +118,12 @@ def _compile():
                 elif code == 2:
                     # See Metric.paired: rows normalised in float64, |a - b|^2 / 2,
                     # and 1 for a row without direction.
-                    x_norm = np.sqrt(sq_norm(X[row]))
-                    if q_norm <= zero_norm or x_norm <= zero_norm:
+                    x_big = max_abs(X[row])
+                    x_norm = scaled_norm(X[row], x_big) if x_big > 0 else 0.0
+                    if q_norm * q_big <= zero_norm or x_norm * x_big <= zero_norm:
                         out[i, j] = 1.0
                     else:
-                        d = 0.5 * unit_sq_diff(q, X[row], q_norm, x_norm)
+                        d = 0.5 * unit_sq_diff(q, X[row], q_big, q_norm, x_big, x_norm)
                         out[i, j] = min(max(d, 0.0), 2.0)
                 elif code == 3:
                     out[i, j] = abs_diff(q, X[row])

@@ -402,10 +402,12 @@ def recall_at_k(approx_dist, exact_dist, rtol=None):
 
     Counted by distance, so that a tie with the exact ``k``-th neighbour
     counts as found: returned point ``j`` of query ``i`` is correct when
-    ``approx_dist[i, j] <= exact_dist[i, -1] * (1 + rtol)``. The tolerance is
-    relative only, so recall does not depend on the data's units; by default
-    4 float epsilons of the arrays' dtype (1e-9 for float64), enough for two
-    exact computations of one distance that summed in different orders.
+    ``approx_dist[i, j] <= exact_dist[i, -1] + rtol * (|exact_dist[i, -1]| + s)``
+    with ``s`` the largest finite ``k``-th distance of the sample. The
+    tolerance is relative to the data's distances, so recall does not depend
+    on the units; ``s`` covers a ``k``-th distance of exactly 0 (parallel rows
+    for cosine) that two exact computations round differently. ``rtol`` is by
+    default 4 float epsilons of the arrays' dtype (1e-9 for float64).
     """
     if exact_dist.size == 0:
         return 1.0
@@ -413,5 +415,7 @@ def recall_at_k(approx_dist, exact_dist, rtol=None):
         dtype = np.result_type(approx_dist, exact_dist)
         rtol = max(1e-9, 4 * float(np.finfo(dtype).eps)) if dtype.kind == "f" else 1e-9
     kth = exact_dist[:, -1:]
-    hit = approx_dist <= kth + rtol * np.abs(kth)
+    finite = np.isfinite(kth)
+    scale = float(np.abs(kth[finite]).max()) if finite.any() else 0.0
+    hit = approx_dist <= kth + rtol * (np.abs(kth) + scale)
     return float(np.mean(hit.sum(axis=1) / exact_dist.shape[1]))

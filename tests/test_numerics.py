@@ -166,6 +166,16 @@ def test_recall_and_ties_do_not_depend_on_the_scale():
     assert abs(true_recall - fits[1].recall_) < 0.02
 
 
+def test_parallel_rows_are_at_cosine_distance_exactly_zero():
+    # Found by hypothesis: the kernel and the float64 reference normalised
+    # differently, 1e-32 against 0, and recall_ counted the tie as a miss.
+    X = np.array([[1.0, 1.0], [3.0, 3.0], [1.0, 3.0], [7.0, 21.0]])
+    nn = LearnedNeighbors(1, embedder="passthrough", backend="brute", metric="cosine").fit(X)
+    dist, ind = nn.kneighbors()
+    assert_array_equal(ind.ravel(), [1, 0, 3, 2])
+    assert np.all(dist == 0.0) and nn.recall_ == 1.0
+
+
 def test_recall_reference_does_not_share_the_exact_search(monkeypatch):
     """Break the fast exact selection: recall_ must see it, not report 1.0."""
     import skknn._search as search

@@ -150,6 +150,13 @@ def test_recall_counts_ties_as_found():
     assert recall_at_k(np.array([[1.0, 2.0, 2.0]]), exact) == 1.0
     assert recall_at_k(np.array([[1.0, 2.0, 3.0]]), exact) == pytest.approx(2 / 3)
     assert recall_at_k(np.empty((0, 3)), np.empty((0, 3))) == 1.0
+    # A k-th distance of exactly 0 that another exact computation rounds to a
+    # tiny positive value is a tie, not a miss; the tolerance scales with the
+    # data's distances, so a real miss stays a miss at any scale.
+    exact = np.array([[0.0], [1.0]])
+    assert recall_at_k(np.array([[1e-33], [1.0]]), exact) == 1.0
+    for scale in (1e-14, 1.0, 1e14):
+        assert recall_at_k(np.array([[1e-6], [1.0]]) * scale, exact * scale) == 0.5
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine", "manhattan",
