@@ -32,6 +32,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6"],
         "docs": ["sphinx>=7", "numpydoc>=1.6", "sphinx-gallery>=0.15", "matplotlib>=3.6"],
+        "hnswlib": ["hnswlib"],
         "bench": ["hnswlib", "faiss-cpu", "matplotlib>=3.6"],
         "lint": ["ruff"],
     },

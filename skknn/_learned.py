@@ -9,11 +9,11 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from ._autoencoder import AutoencoderEmbedder
 from ._base import SearchBase
+from ._indexes import INDEXES
 from ._keras import draw_seed
 from ._metrics import Metric
 from ._search import (
     beyond_range,
-    block_topk,
     candidate_radius,
     exact_kneighbors,
     exact_radius,
@@ -31,19 +31,6 @@ from ._search import (
 _PYNNDESCENT_FROM = 100_000
 # Candidates per neighbour tried, in order, by target_recall.
 _EFFORT_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-# pynndescent's search slack (its query ``epsilon``) and graph degree.
-_NNDESCENT_EPSILON = 0.1
-_NNDESCENT_DEGREE = 30
-_PYNNDESCENT_METRICS = {
-    "euclidean": "euclidean",
-    "sqeuclidean": "euclidean",
-    "cosine": "euclidean",  # the embedded rows are unit-normalised (Space.unit_raw)
-    "manhattan": "manhattan",
-    "chebyshev": "chebyshev",
-    "minkowski": "minkowski",
-}
-
-
 class LearnedNeighbors(SearchBase):
     """Nearest neighbours through a learned embedding, re-ranked exactly.
 
@@ -72,11 +59,13 @@ class LearnedNeighbors(SearchBase):
         given to :meth:`fit`. An embedder fitted beforehand is used as it is
         when wrapped in :class:`sklearn.frozen.FrozenEstimator`. For
         ``metric='cosine'`` the embedder sees unit-normalised rows.
-    backend : {'auto', 'brute', 'pynndescent'}, default='auto'
-        Candidate search in the embedded space: exact brute force, or an
-        approximate pynndescent graph. 'auto' uses brute force below 100,000
-        fitted points, where it is faster than paying pynndescent's one-off
-        start-up (~20 s per process) and graph construction.
+    backend : {'auto', 'brute', 'pynndescent', 'hnswlib'}, default='auto'
+        Candidate search in the embedded space: exact brute force, an
+        approximate pynndescent graph, or an HNSW graph (hnswlib, an optional
+        extra: ``pip install 'skknn[hnswlib]'``; Euclidean family and cosine
+        only). 'auto' uses brute force below 100,000 fitted points, where it
+        is faster than paying pynndescent's one-off start-up (~20 s per
+        process) and graph construction, and pynndescent above.
     candidates_per_neighbor : int, default=10
         Candidates re-ranked per requested neighbour (capped at the number of
         fitted points). More candidates: higher recall, slower queries.
@@ -116,7 +105,7 @@ class LearnedNeighbors(SearchBase):
     embedder_ : transformer or None
         The fitted embedder; None for ``embedder='passthrough'``.
     backend_ : str
-        The backend in use, 'brute' or 'pynndescent'.
+        The backend in use: 'brute', 'pynndescent' or 'hnswlib'.
     recall_ : float
         Recall@n_neighbors measured at the end of ``fit`` against exact
         search, on up to 256 training points queried with themselves
@@ -168,7 +157,7 @@ class LearnedNeighbors(SearchBase):
     _parameter_constraints: dict = {
         **SearchBase._parameter_constraints,
         "embedder": [None, StrOptions({"passthrough"}), HasMethods(["fit", "transform"])],
-        "backend": [StrOptions({"auto", "brute", "pynndescent"})],
+        "backend": [StrOptions(set(INDEXES) | {"auto"})],
         "candidates_per_neighbor": [Interval(Integral, 1, None, closed="left")],
     }
 
@@ -246,11 +235,12 @@ class LearnedNeighbors(SearchBase):
             return
         Z, _ = self._embed(inputs)
         self._code_sqmax = max_sqnorm(Z)
-        if self.backend_ == "brute":
-            self._Z = Z
-            self._Z_sqnorm = np.einsum("ij,ij->i", Z, Z)
-        else:
-            self._nndescent = self._build_nndescent(Z, rng)
+        # Codes are compared with the Euclidean distance; passthrough inputs
+        # with the estimator's metric (unit rows for cosine).
+        metric = self._metric if self.embedder_ is None else Metric("euclidean")
+        self._log(f"building the {self.backend_} index of {Z.shape[0]} x {Z.shape[1]} points")
+        self._index = INDEXES[self.backend_](metric, self._n_jobs, draw_seed(rng), self.verbose)
+        self._index.build(Z)
 
     def _fit_embedder(self, X, y, rng):
         if isinstance(self.embedder, str):
@@ -302,25 +292,6 @@ class LearnedNeighbors(SearchBase):
             Z[~finite] = 0.0
         return Z, finite
 
-    def _build_nndescent(self, Z, rng):
-        from pynndescent import NNDescent
-
-        self._log(f"building pynndescent graph on {Z.shape[0]} x {Z.shape[1]} points")
-        # Codes are compared with the Euclidean distance; passthrough inputs
-        # with the estimator's metric (unit rows for cosine).
-        metric = self._metric if self.embedder_ is None else Metric("euclidean")
-        index = NNDescent(
-            Z,
-            metric=_PYNNDESCENT_METRICS[metric.name],
-            metric_kwds=metric.sklearn_params or None,
-            n_neighbors=min(_NNDESCENT_DEGREE, Z.shape[0] - 1),
-            random_state=draw_seed(rng),
-            n_jobs=self._n_jobs,
-            verbose=self.verbose >= 2,
-        )
-        index.prepare()
-        return index
-
     # -------------------------------------------------------------- search
     def _n_candidates(self, k, params):
         return min(self.n_samples_fit_, max(k, params["candidates_per_neighbor"] * k))
@@ -333,11 +304,7 @@ class LearnedNeighbors(SearchBase):
         ``radius_neighbors`` search them exactly.
         """
         Zq, rankable = self._embed(self._space.unit_raw(q), queries=True)
-        if self.backend_ == "brute":
-            candidates = block_topk(Zq, self._Z, n_candidates, self._Z_sqnorm, self._n_jobs)[1]
-        else:
-            ind, dist = self._nndescent.query(Zq, k=n_candidates, epsilon=_NNDESCENT_EPSILON)
-            candidates = _valid_candidates(ind, dist)
+        candidates = self._index.query(Zq, n_candidates)
         candidates[~rankable] = -1
         return candidates, ~rankable
 
@@ -388,19 +355,3 @@ def _needs_y(estimator):
         return bool(estimator.__sklearn_tags__().target_tags.required)
     except AttributeError:
         return False
-
-
-def _valid_candidates(ind, dist):
-    """Mark unfilled pynndescent result slots as missing (-1).
-
-    When its search ends before finding ``k`` points, pynndescent pads the
-    result with a repeated index at infinite distance; re-ranking those would
-    return one point several times.
-    """
-    ind = np.where(np.isfinite(dist), ind, -1).astype(np.intp)
-    order = np.argsort(ind, axis=1, kind="stable")
-    sorted_ind = np.take_along_axis(ind, order, axis=1)
-    repeated = np.zeros_like(sorted_ind, dtype=bool)
-    repeated[:, 1:] = sorted_ind[:, 1:] == sorted_ind[:, :-1]
-    np.put_along_axis(ind, order, np.where(repeated, -1, sorted_ind), axis=1)
-    return ind

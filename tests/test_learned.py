@@ -444,13 +444,14 @@ def test_float32_data_stays_float32(rng):
     assert dist.dtype == np.float32
 
 
-def test_pynndescent_backend(rng):
-    pytest.importorskip("pynndescent")
+@pytest.mark.parametrize("backend", ["pynndescent", "hnswlib"])
+def test_graph_backends(backend, rng):
+    pytest.importorskip(backend)
     X = make_blobs_data(n_samples=1500, n_features=10, centers=10)
     nn = LearnedNeighbors(
-        n_neighbors=5, embedder="passthrough", backend="pynndescent", random_state=0
+        n_neighbors=5, embedder="passthrough", backend=backend, random_state=0
     ).fit(X[:1400])
-    assert nn.backend_ == "pynndescent"
+    assert nn.backend_ == backend
     dist, ind = nn.kneighbors(X[1400:])
     ref_dist, _ = NearestNeighbors(n_neighbors=5).fit(X[:1400]).kneighbors(X[1400:])
     from skknn._search import recall_at_k
@@ -466,8 +467,20 @@ def test_pynndescent_backend(rng):
         assert_allclose(true[i], d, rtol=1e-12)
 
 
+def test_missing_optional_backend_names_its_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "hnswlib", None)  # import hnswlib now fails
+    with pytest.raises(ImportError, match=r"pip install 'skknn\[hnswlib\]'"):
+        LearnedNeighbors(embedder="passthrough", backend="hnswlib").fit(np.eye(10))
+
+
+def test_hnswlib_refuses_metrics_it_cannot_search():
+    with pytest.raises(ValueError, match="backend='hnswlib' searches the Euclidean family"):
+        LearnedNeighbors(embedder="passthrough", backend="hnswlib", metric="manhattan").fit(
+            np.eye(10))
+
+
 def test_padded_pynndescent_results_are_not_returned_twice():
-    from skknn._learned import _valid_candidates
+    from skknn._indexes import _valid_candidates
 
     ind = np.array([[4, 2, 0, 0, 0], [1, 3, 3, 5, 6]])
     dist = np.array([[0.1, 0.2, np.inf, np.inf, np.inf], [0.1, 0.2, 0.2, 0.3, 0.4]])
