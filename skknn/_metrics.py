@@ -363,7 +363,12 @@ def _times_power_of_two(value, factor, power):
 
 
 def _power_of_two_inverse(value):
-    """``2**-e`` with ``2**e`` close to ``value`` (1 for zero or non-finite)."""
+    """``2**-e`` with ``2**e`` close to ``value`` (1 for zero or non-finite).
+
+    The exponent is clamped to +-1000 so the factor stays finite for a
+    subnormal spread (rows equal but for their last bits); ranking values
+    then tie and the exact recompute decides.
+    """
     if not np.isfinite(value) or value <= 0:
         return 1.0
-    return float(np.ldexp(1.0, -int(np.frexp(value)[1])))
+    return float(np.ldexp(1.0, int(np.clip(-np.frexp(value)[1], -1000, 1000))))

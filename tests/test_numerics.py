@@ -141,6 +141,19 @@ def test_float32_values_around_1e20():
     assert np.isfinite(codes).all() and len(np.unique(codes, axis=0)) > 400
 
 
+def test_rows_equal_but_for_their_last_bits():
+    # Found by hypothesis: a subnormal spread made the ranking scale infinite.
+    X = np.full((20, 1), 5.04109396e-307)
+    X[3] = np.nextafter(X[3], 1.0)
+    for est in exact_estimators(1, "euclidean"):
+        est.set_params(**({"n_clusters": 1, "n_probe": 1} if "n_probe" in est.get_params()
+                          else {}))
+        dist, ind = est.fit(X).kneighbors([[0.0]])
+        # Squares of 5e-307 underflow in float64 (the documented limit): every
+        # row is at distance 0 from the query, a tie, and any row is right.
+        assert dist[0, 0] == 0.0 and 0 <= ind[0, 0] < 20
+
+
 def test_float64_values_beyond_range_are_a_clear_error():
     X = np.ones((10, 2)) * 1e200
     with pytest.raises(ValueError, match="overflow float64"):
