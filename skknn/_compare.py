@@ -51,9 +51,10 @@ class _Method:
 
 
 class _SkknnMethod(_Method):
-    def __init__(self, key, name, make):
+    def __init__(self, key, name, make, requires=None):
         super().__init__(key, name)
         self._make = make
+        self.requires = requires
 
     def fit(self, X, args):
         self.estimator = self._make(args, X.shape[1]).fit(X)
@@ -178,6 +179,10 @@ def methods():
         "learned-ae-nnd": _SkknnMethod(
             "learned-ae-nnd", "LearnedNeighbors (autoencoder, pynndescent)",
             _learned("autoencoder", "pynndescent"),
+        ),
+        "learned-ae-hnsw": _SkknnMethod(
+            "learned-ae-hnsw", "LearnedNeighbors (autoencoder, hnswlib)",
+            _learned("autoencoder", "hnswlib"), requires=("hnswlib", "hnswlib"),
         ),
         "learned-pca": _SkknnMethod("learned-pca", "LearnedNeighbors (PCA)", _learned("pca")),
         "cluster-mlp": _SkknnMethod("cluster-mlp", "ClusterFilteredKNN (mlp router)",
