@@ -93,8 +93,8 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         "algorithm": [StrOptions({"auto", "brute", "kd_tree", "ball_tree"})],
         "leaf_size": [Interval(Integral, 1, None, closed="left")],
     }
-    # Completes "algorithm=... is NearestNeighbors' ...; " in the error for
-    # a tree or brute-force request: how to get exact search here.
+    # The sentence of the algorithm != 'auto' error that says how to search
+    # exactly with this estimator.
     _EXACT_HINT = ""
 
     # ------------------------------------------------------------------ fit
