@@ -44,7 +44,11 @@ def import_optional(module, extra):
 
 
 class BruteIndex:
-    """Exact top-``n`` among the codes, one matrix product per query chunk."""
+    """Top-``n`` codes by Euclidean distance, one matrix product per query chunk.
+
+    Codes are always compared with the Euclidean distance (the passthrough
+    brute-force setting is the estimator's exact search, not this index).
+    """
 
     def __init__(self, metric, n_jobs=1, seed=0, verbose=0):
         self.n_jobs = n_jobs
