@@ -49,13 +49,6 @@ def _compile():
         return acc
 
     @jit
-    def sq_norm(x):
-        acc = 0.0
-        for t in range(x.shape[0]):
-            acc += np.float64(x[t]) * np.float64(x[t])
-        return acc
-
-    @jit
     def abs_diff(q, x):
         acc = 0.0
         for t in range(q.shape[0]):
@@ -102,7 +95,7 @@ def _compile():
         return acc
 
     @numba.njit(cache=True, nogil=True)
-    def candidate_distances(Q, X, candidates, code, p, zero_norm, out):
+    def candidate_distances(Q, X, candidates, code, p, out):
         for i in range(Q.shape[0]):
             q = Q[i]
             q_big = max_abs(q) if code == 2 else 0.0
@@ -120,7 +113,7 @@ def _compile():
                     # and 1 for a row without direction.
                     x_big = max_abs(X[row])
                     x_norm = scaled_norm(X[row], x_big) if x_big > 0 else 0.0
-                    if q_norm * q_big <= zero_norm or x_norm * x_big <= zero_norm:
+                    if q_big == 0.0 or x_big == 0.0:  # a row of zeros: no direction
                         out[i, j] = 1.0
                     else:
                         d = 0.5 * unit_sq_diff(q, X[row], q_big, q_norm, x_big, x_norm)
@@ -145,8 +138,7 @@ def load():
             # call: do it here for both dtypes, not in a user's query.
             for dtype in (np.float32, np.float64):
                 rows = np.zeros((1, 1), dtype=dtype)
-                kernel(rows, rows, np.zeros((1, 1), dtype=np.intp), 0, 2.0, 0.0,
-                       np.empty((1, 1)))
+                kernel(rows, rows, np.zeros((1, 1), dtype=np.intp), 0, 2.0, np.empty((1, 1)))
             _KERNEL = kernel
     return _KERNEL
 
@@ -170,7 +162,7 @@ def _quiet_load():
         pass
 
 
-def candidate_distances(metric, Q, X, candidates, n_jobs=1, zero_norm=0.0):
+def candidate_distances(metric, Q, X, candidates, n_jobs=1):
     """Distances from each query to each of its candidate rows.
 
     Parameters
@@ -182,8 +174,6 @@ def candidate_distances(metric, Q, X, candidates, n_jobs=1, zero_norm=0.0):
         Fitted rows.
     candidates : ndarray of shape (n_queries, n_candidates)
         Row numbers into ``X``; negative entries give ``inf``.
-    zero_norm : float
-        Cosine: rows of at most this norm have no direction (distance 1).
     n_jobs : int
         Threads; the kernel releases the GIL, so slices of the queries run
         side by side (a serial kernel loads far faster than numba's parallel
@@ -200,7 +190,7 @@ def candidate_distances(metric, Q, X, candidates, n_jobs=1, zero_norm=0.0):
     code, p = _CODES[metric.name], float(metric.p)
 
     def run(rows):
-        kernel(Q[rows], X, candidates[rows], code, p, float(zero_norm), out[rows])
+        kernel(Q[rows], X, candidates[rows], code, p, out[rows])
 
     slices = list(gen_even_slices(len(Q), max(1, min(n_jobs, len(Q) // 64))))
     if len(slices) <= 1:

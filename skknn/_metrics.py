@@ -76,20 +76,21 @@ class Metric:
         kw = {"p": self.p} if self.name == "minkowski" else {}
         return cdist(A, B, metric=_CDIST_NAMES[self.name], **kw)
 
-    def paired(self, A, B, zero_norm=0.0):
+    def paired(self, A, B):
         """Exact float64 distances between aligned rows of ``A`` and ``B``.
 
         ``A`` and ``B`` broadcast against each other along all but the last
         axis, e.g. ``A[:, None, :]`` against ``B`` of shape ``(n, c, d)``.
-        For cosine, rows are normalised here in float64 and a row whose norm
-        is at most ``zero_norm`` (by default: a row of zeros) has no
-        direction: it is at distance 1 from everything, as in scikit-learn.
+        For cosine, rows are normalised here in float64 and a row of zeros has
+        no direction: it is at distance 1 from everything, as in scikit-learn.
+        Only a row of zeros: any threshold on the norm would depend on the
+        data's units (scikit-learn's 10 eps does).
         """
         A = np.asarray(A, dtype=np.float64)
         B = np.asarray(B, dtype=np.float64)
         if self.name == "cosine":
-            A, a_zero = _unit_rows(A, zero_norm)
-            B, b_zero = _unit_rows(B, zero_norm)
+            A, a_zero = _unit_rows(A)
+            B, b_zero = _unit_rows(B)
             diff = A - B
             # |a - b|^2 / 2 == 1 - a.b for unit rows, without the cancellation.
             dist = np.clip(0.5 * np.einsum("...j,...j->...", diff, diff), 0.0, 2.0)
@@ -106,7 +107,7 @@ class Metric:
         return np.power(np.power(diff, self.p).sum(axis=-1), 1.0 / self.p)
 
 
-def _unit_rows(A, zero_norm=0.0):
+def _unit_rows(A):
     """Unit rows of float64 ``A`` and which rows have no direction.
 
     Rows are divided by their largest entry first, then by their norm: tiny
@@ -117,7 +118,7 @@ def _unit_rows(A, zero_norm=0.0):
     big = np.abs(A).max(axis=-1, initial=0.0)
     A = A / np.where(big > 0, big, 1.0)[..., None]
     norms = np.sqrt(np.einsum("...j,...j->...", A, A))
-    zero = ~(norms * big > zero_norm)
+    zero = ~(big > 0)
     return A / np.where(zero, 1.0, norms)[..., None], zero
 
 
@@ -225,21 +226,16 @@ class Space:
         self.metric = metric
         self.dtype = X.dtype
         self.n_features = X.shape[1]
-        data = X
-        # Only a row of zeros has no direction for cosine: any threshold on
-        # the norm would depend on the data's units (scikit-learn's 10 eps
-        # does).
-        self.zero_norm = 0.0
         self.centre, self.block_scale = None, 1.0
         if metric.name in ("euclidean", "sqeuclidean"):
-            self.centre = _chunked(data, lambda c: c.sum(axis=0, dtype=np.float64)).reshape(
-                -1, data.shape[1]
-            ).sum(axis=0) / max(len(data), 1)
-            spread = _chunked(data, lambda c: np.abs(c - self.centre).max(initial=0.0, axis=1))
+            self.centre = _chunked(X, lambda c: c.sum(axis=0, dtype=np.float64)).reshape(
+                -1, X.shape[1]
+            ).sum(axis=0) / max(len(X), 1)
+            spread = _chunked(X, lambda c: np.abs(c - self.centre).max(initial=0.0, axis=1))
             self.block_scale = _power_of_two_inverse(float(spread.max(initial=0.0)))
         eps32 = float(np.finfo(np.float32).eps)
         self.tol = (self.n_features + 16) * eps32
-        self.fitted = self.rows(data)
+        self.fitted = self.rows(X)
         self.fitted._ranking()
         self.ids = self._positions = None
 
@@ -287,7 +283,7 @@ class Space:
             for chunk in gen_batches(len(data), _ROW_CHUNK):
                 part = data[chunk].astype(np.float64)
                 if self.metric.name == "cosine":
-                    part, _ = _unit_rows(part, self.zero_norm)
+                    part, _ = _unit_rows(part)
                 else:
                     part -= self.centre
                     part *= self.block_scale
@@ -299,7 +295,7 @@ class Space:
         """The rows as learned models see them: unit-normalised for cosine."""
         if self.metric.name != "cosine":
             return rows.data
-        return _chunked(rows.data, lambda c: _unit_rows(c.astype(np.float64), self.zero_norm)[0]
+        return _chunked(rows.data, lambda c: _unit_rows(c.astype(np.float64))[0]
                         ).astype(self.dtype)
 
     def raw_of_block(self, B):
@@ -316,10 +312,12 @@ class Space:
     def to_ranking(self, dist):
         """A distance to ranking units (see :meth:`block_values`)."""
         name = self.metric.name
-        if name == "euclidean":
-            return _times_power_of_two(dist, self.block_scale, 1) ** 2
-        if name == "sqeuclidean":
-            return _times_power_of_two(dist, self.block_scale, 2)
+        # Multiplying by the power of two block_scale is exact (or overflows).
+        with np.errstate(over="ignore", under="ignore"):
+            if name == "euclidean":
+                return np.square(np.multiply(dist, self.block_scale))
+            if name == "sqeuclidean":
+                return np.multiply(np.multiply(dist, self.block_scale), self.block_scale)
         return dist
 
     # ----------------------------------------------------------- ranking
@@ -353,13 +351,6 @@ def _chunked(X, func):
     """``func`` applied to row chunks of ``X``, results concatenated."""
     parts = [np.atleast_1d(func(X[chunk])) for chunk in gen_batches(len(X), _ROW_CHUNK)]
     return np.concatenate(parts) if parts else np.empty(0)
-
-
-def _times_power_of_two(value, factor, power):
-    """``value * factor**power`` for a power of two ``factor``, exactly."""
-    exponent = int(np.frexp(factor)[1]) - 1
-    with np.errstate(over="ignore", under="ignore"):
-        return np.ldexp(value, exponent * power)
 
 
 def _power_of_two_inverse(value):

@@ -94,7 +94,7 @@ def rerank(space, q, candidates, k, n_jobs=1):
     """
     candidates = np.asarray(candidates, dtype=np.intp)
     X = space.fitted.data
-    dist = candidate_distances(space.metric, q.data, X, candidates, n_jobs, space.zero_norm)
+    dist = candidate_distances(space.metric, q.data, X, candidates, n_jobs)
     ind = np.where(candidates < 0, -1, candidates)
     if dist.shape[1] < k:  # pad, so that every query has k places
         pad = k - dist.shape[1]
@@ -211,14 +211,14 @@ def reference_kneighbors(space, q, k):
         return D
 
     _, ind = _merge_over_rows(q.data, len(X), n_select, ranking)
-    dist = metric.paired(q.data[:, None, :], X[ind], space.zero_norm)
+    dist = metric.paired(q.data[:, None, :], X[ind])
     return _sorted_topk(dist, ind, k)
 
 
 def _prepare64(space, A):
     A = A.astype(np.float64)
     if space.metric.name == "cosine":
-        unit, zero = _unit_rows(A, space.zero_norm)
+        unit, zero = _unit_rows(A)
         unit[zero] = 0.0
         return unit
     return A - space.centre
@@ -318,7 +318,7 @@ def _pairs(space, Q, X, rows, cols):
     if not len(rows):
         return out
     for chunk in gen_batches(len(rows), max(1, _MAX_CHUNK_BYTES // (24 * X.shape[1]))):
-        out[chunk] = space.metric.paired(Q[rows[chunk]], X[cols[chunk]], space.zero_norm)
+        out[chunk] = space.metric.paired(Q[rows[chunk]], X[cols[chunk]])
     return out
 
 
@@ -346,7 +346,7 @@ def candidate_radius(space, q, candidates, radius, n_jobs=1):
 
     def one(batch):
         cand = candidates[batch]
-        dist = candidate_distances(space.metric, q.data[batch], X, cand, 1, space.zero_norm)
+        dist = candidate_distances(space.metric, q.data[batch], X, cand, 1)
         rows, cols = np.nonzero(dist <= radius)
         # Candidates come in search order; report them in index order as the
         # exact search does.
