@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy import sparse
@@ -90,13 +90,16 @@ def test_exact_settings_equal_float64_brute_force_at_any_offset_and_scale(
 
 
 @given(problem=shifted_scaled())
+@example(problem=(np.array([[3.0], [-1.0], [-1.0], [-5.0]], dtype=np.float32),
+                  np.array([[0.0], [1.0]], dtype=np.float32), 1))  # 2 rows left after centring
 def test_cosine_exact_at_any_scale(problem):
     # Cosine is not translation invariant: scales only.
     X, Q, k = problem
     X, Q = X - X.mean(0), Q - X.mean(0)
     # scipy's cosine is NaN for a row of zeros (skknn: distance 1).
     X, Q = X[np.abs(X).max(1) > 0], Q[np.abs(Q).max(1) > 0]
-    if len(X) < k + 1 or len(Q) == 0:
+    # ClusterFilteredKNN below uses 3 clusters: it needs 3 rows.
+    if len(X) < max(k + 1, 3) or len(Q) == 0:
         return
     ref_dist, ref_ind = brute_force64(X, Q, k, "cosine")
     rtol = 4 * np.finfo(X.dtype).eps if X.dtype == np.float32 else 1e-9
