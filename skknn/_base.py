@@ -17,7 +17,6 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from joblib import effective_n_jobs
 from scipy.sparse import csr_matrix, issparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state, gen_batches
@@ -26,7 +25,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._kernels import load as load_kernel
 from ._metrics import MAX_ABS_VALUE, SUPPORTED_METRICS, Space, resolve_metric
-from ._search import drop_self, exact_kneighbors, recall_at_k, reference_kneighbors
+from ._search import (
+    drop_self,
+    exact_kneighbors,
+    recall_at_k,
+    reference_kneighbors,
+    search_threads,
+)
 
 # Training rows on which ``recall_`` is measured, and the data size from which
 # they are held out of training the learned part of the index.
@@ -123,7 +128,7 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self.effective_metric_params_ = self._metric.sklearn_params
         self.n_samples_fit_ = X.shape[0]
         self._space = Space(self._metric, X)
-        self._n_jobs = effective_n_jobs(self.n_jobs)
+        self._n_jobs = search_threads(self.n_jobs)
         rng = check_random_state(self.random_state)
         eval_rows, train_rows = self._recall_rows(X.shape[0], rng)
         self._fit_index(X, y, train_rows, rng)

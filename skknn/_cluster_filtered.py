@@ -107,7 +107,10 @@ class ClusterFilteredKNN(SearchBase):
     mode : {'distance', 'connectivity'}, default='distance'
         Edge weights of the graph returned by :meth:`transform`.
     n_jobs : int, default=None
-        Threads for exact search and re-ranking.
+        Threads of exact search and re-ranking. None uses every core, as
+        scikit-learn's brute force does through BLAS/OpenMP (fewer if
+        ``OMP_NUM_THREADS`` or joblib's ``parallel_config(n_jobs=...)`` say
+        so); ``n_jobs=1`` keeps the search to one thread.
     random_state : int, RandomState instance or None, default=None
         Seeds k-means, the router, and the recall sample.
     verbose : int, default=0

@@ -86,7 +86,11 @@ class LearnedNeighbors(SearchBase):
     mode : {'distance', 'connectivity'}, default='distance'
         Edge weights of the graph returned by :meth:`transform`.
     n_jobs : int, default=None
-        Threads for the exact search and for pynndescent.
+        Threads of the search (exact search, candidate index, re-ranking).
+        None uses every core, as scikit-learn's brute force does through
+        BLAS/OpenMP (fewer if
+        ``OMP_NUM_THREADS`` or joblib's ``parallel_config(n_jobs=...)`` say
+        so); ``n_jobs=1`` keeps the search to one thread.
     random_state : int, RandomState instance or None, default=None
         Seeds the default embedder, the recall sample and pynndescent.
     verbose : int, default=0

@@ -12,8 +12,10 @@ every row whose ranking value could, within its error bound, be among the
 brute force whatever the offset or scale of the data.
 """
 
+import os
+
 import numpy as np
-from joblib import effective_n_jobs
+from joblib import cpu_count, effective_n_jobs
 from sklearn import get_config
 from sklearn.utils import gen_batches
 from sklearn.utils.parallel import Parallel, delayed
@@ -42,6 +44,28 @@ _RANKABLE_SQ = 1e30
 _FAR_RANGE = 1e4
 
 
+def search_threads(n_jobs):
+    """Threads of the compiled search parts for an estimator's ``n_jobs``.
+
+    ``None`` means what it means for scikit-learn's own compiled brute force
+    (BLAS and OpenMP): every core, unless ``OMP_NUM_THREADS`` (which joblib
+    sets in its worker processes) or a joblib ``parallel_config(n_jobs=...)``
+    says fewer. Graph indexes (hnswlib, pynndescent) also search with every
+    core by default.
+    """
+    if n_jobs is not None:
+        return effective_n_jobs(n_jobs)
+    configured = effective_n_jobs(None)
+    if configured != 1:  # inside parallel_config(n_jobs=...)
+        return configured
+    threads = cpu_count()
+    try:
+        threads = min(threads, int(os.environ.get("OMP_NUM_THREADS", threads)))
+    except ValueError:
+        pass
+    return max(1, threads)
+
+
 def _query_batches(n_queries, bytes_per_query, n_jobs=1):
     """Slices of queries whose temporaries fit in ``working_memory``."""
     budget = min(get_config()["working_memory"] * 2**20, _MAX_CHUNK_BYTES) / max(n_jobs, 1)
@@ -50,9 +74,29 @@ def _query_batches(n_queries, bytes_per_query, n_jobs=1):
 
 
 def _run_batches(func, batches, n_jobs):
+    """``func`` over the batches, in ``n_jobs`` threads.
+
+    Side by side the threads run their matrix products with one BLAS thread
+    each: a multi-threaded BLAS under several threads oversubscribes the
+    cores (measured on 60k x 784 exact search, 2 cores: 1,270 queries/s with
+    both, 1,670 with one BLAS thread per batch, 1,550 serial).
+    """
     if n_jobs == 1 or len(batches) == 1:
         return [func(b) for b in batches]
-    return Parallel(n_jobs=n_jobs, prefer="threads")(delayed(func)(b) for b in batches)
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        return Parallel(n_jobs=n_jobs, prefer="threads")(delayed(func)(b) for b in batches)
+
+
+_CONTROLLER = []
+
+
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries (inspected once)."""
+    if not _CONTROLLER:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
 
 
 def _stack(parts):
