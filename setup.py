@@ -34,6 +34,8 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6"],
         "docs": ["sphinx>=7", "numpydoc>=1.6", "sphinx-gallery>=0.15", "matplotlib>=3.6"],
         "hnswlib": ["hnswlib"],
+        "usearch": ["usearch"],
+        "annoy": ["annoy"],
         "bench": ["hnswlib", "faiss-cpu", "matplotlib>=3.6"],
         "lint": ["ruff"],
     },

@@ -8,16 +8,32 @@ Optional libraries are imported when an index is built, and a missing one is
 an ImportError naming the extra that installs it.
 """
 
+import math
+
 import numpy as np
 
+from ._kernels import scan_cells
 from ._search import block_topk
 
 # pynndescent's search slack (its query ``epsilon``) and graph degree.
 _NNDESCENT_EPSILON = 0.1
 _NNDESCENT_DEGREE = 30
-# hnswlib's graph degree and construction effort (its defaults are 16, 200).
+# hnswlib's and usearch's graph degree and construction effort (hnswlib's
+# defaults are 16, 200).
 _HNSW_M = 16
 _HNSW_EF_CONSTRUCTION = 200
+# Annoy's trees, and the nodes it inspects per requested candidate per tree.
+_ANNOY_TREES = 16
+_ANNOY_SEARCH_PER_TREE = 2
+# The inverted file: about sqrt(n) k-means cells, fitted on at most this many
+# codes per cell in at most this many Lloyd iterations; a query scans the
+# nearest cells until it has seen this many codes per candidate it returns.
+# Measured on Fashion-MNIST PCA-32 codes (256 cells, 40 candidates, one
+# thread): 8 cells (~47 codes per candidate) 159 ms per 10k queries, recall@10
+# of the candidates 0.865; hnswlib (M=16, ef=40) 174 ms, 0.869.
+_IVF_SAMPLE_PER_CELL = 256
+_IVF_KMEANS_ITER = 20
+_IVF_SCAN_PER_CANDIDATE = 40
 _PYNNDESCENT_METRICS = {
     "euclidean": "euclidean",
     "sqeuclidean": "euclidean",
@@ -62,6 +78,53 @@ class BruteIndex:
         return block_topk(Zq, self._Z, n, self._sqnorm, self.n_jobs)[1]
 
 
+class IVFIndex:
+    """An inverted file over the codes: k-means cells, the nearest ones scanned.
+
+    The codes are stored cell after cell; a query ranks the cell centres by
+    one matrix product, then a compiled kernel scans the codes of its nearest
+    cells keeping the ``n`` nearest in a heap. Building costs one small
+    k-means (a second or two at 60k codes), and nothing is compiled at fit:
+    the kernel loads with the re-ranking kernel.
+    """
+
+    def __init__(self, metric, n_jobs=1, seed=0, verbose=0):
+        _check_euclidean_family(metric, "ivf")
+        self.n_jobs, self.seed = n_jobs, seed
+
+    def build(self, Z):
+        from sklearn.cluster import KMeans
+
+        n_codes = len(Z)
+        n_cells = max(1, min(n_codes, round(math.sqrt(n_codes))))
+        rng = np.random.RandomState(self.seed)
+        sample = Z
+        if n_codes > _IVF_SAMPLE_PER_CELL * n_cells:
+            sample = Z[rng.choice(n_codes, _IVF_SAMPLE_PER_CELL * n_cells, replace=False)]
+        # float64: scikit-learn's k-means++ is many times slower on float32.
+        kmeans = KMeans(n_cells, n_init=1, max_iter=_IVF_KMEANS_ITER, random_state=rng)
+        kmeans.fit(sample.astype(np.float64))
+        centres = kmeans.cluster_centers_.astype(np.float32)
+        labels = block_topk(Z, centres, 1, n_jobs=self.n_jobs)[1][:, 0]
+        self._rows = np.argsort(labels, kind="stable")
+        self._codes = np.ascontiguousarray(Z[self._rows], dtype=np.float32)
+        self._starts = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=n_cells))])
+        self._centres = centres
+        self._centres_sq = np.einsum("ij,ij->i", centres, centres)
+        self._mean_cell = n_codes / n_cells
+        return self
+
+    def n_probe(self, n):
+        """Cells scanned for ``n`` candidates."""
+        wanted = math.ceil(_IVF_SCAN_PER_CANDIDATE * n / self._mean_cell)
+        return int(min(len(self._centres), max(1, wanted)))
+
+    def query(self, Zq, n):
+        probes = block_topk(Zq, self._centres, self.n_probe(n), self._centres_sq, self.n_jobs)[1]
+        pos = scan_cells(Zq, self._codes, self._starts, probes, n, self.n_jobs)
+        return np.where(pos >= 0, self._rows[np.maximum(pos, 0)], -1)
+
+
 class NNDescentIndex:
     """A pynndescent k-NN graph, searched with ``epsilon`` slack."""
 
@@ -92,11 +155,7 @@ class HnswIndex:
     """An HNSW graph (hnswlib); the query's ``ef`` is the number of candidates."""
 
     def __init__(self, metric, n_jobs=1, seed=0, verbose=0):
-        if metric.name not in _HNSW_SPACES:
-            raise ValueError(
-                f"backend='hnswlib' searches the Euclidean family and cosine, not "
-                f"metric={metric.name!r}: use backend='pynndescent' or an embedder."
-            )
+        _check_euclidean_family(metric, "hnswlib")
         self.metric, self.n_jobs, self.seed = metric, n_jobs, seed
 
     def build(self, Z):
@@ -119,8 +178,103 @@ class HnswIndex:
         return labels.astype(np.intp)
 
 
+class UsearchIndex:
+    """An HNSW graph by usearch; the query's expansion is the number of candidates."""
+
+    def __init__(self, metric, n_jobs=1, seed=0, verbose=0):
+        _check_euclidean_family(metric, "usearch")
+        self.n_jobs = n_jobs
+
+    def build(self, Z):
+        self._index = self._new(Z.shape[1])
+        self._index.add(np.arange(len(Z)), np.asarray(Z, dtype=np.float32),
+                        threads=self.n_jobs)
+        return self
+
+    @staticmethod
+    def _new(n_components):
+        usearch_index = import_optional("usearch.index", "usearch")
+        return usearch_index.Index(ndim=n_components, metric="l2sq", dtype="f32",
+                                   connectivity=_HNSW_M, expansion_add=_HNSW_EF_CONSTRUCTION)
+
+    def query(self, Zq, n):
+        self._index.expansion_search = max(n, 1)
+        found = self._index.search(np.asarray(Zq, dtype=np.float32), n, threads=self.n_jobs)
+        keys = np.asarray(found.keys, dtype=np.intp).reshape(len(Zq), -1)
+        # Slots past a query's found count hold no neighbour.
+        counts = np.asarray(found.counts).reshape(-1, 1)
+        return np.where(np.arange(keys.shape[1]) < counts, keys, -1)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_index"] = (self._index.ndim, bytes(self._index.save()))
+        return state
+
+    def __setstate__(self, state):
+        n_components, saved = state["_index"]
+        state["_index"] = self._new(n_components)
+        state["_index"].load(bytearray(saved))
+        self.__dict__.update(state)
+
+
+class AnnoyIndex:
+    """Annoy's random projection trees (the index of the original write-up)."""
+
+    def __init__(self, metric, n_jobs=1, seed=0, verbose=0):
+        _check_euclidean_family(metric, "annoy")
+        self.n_jobs, self.seed = n_jobs, seed
+
+    def build(self, Z):
+        self._codes = np.asarray(Z, dtype=np.float32)
+        self._index = self._build(self._codes)
+        return self
+
+    def _build(self, Z):
+        annoy = import_optional("annoy", "annoy")
+        index = annoy.AnnoyIndex(Z.shape[1], "euclidean")
+        index.set_seed(self.seed % 2**31)
+        for row, code in enumerate(Z):
+            index.add_item(row, code)
+        index.build(_ANNOY_TREES, n_jobs=self.n_jobs)
+        return index
+
+    def query(self, Zq, n):
+        search_k = n * _ANNOY_TREES * _ANNOY_SEARCH_PER_TREE
+        out = np.full((len(Zq), n), -1, dtype=np.intp)
+        for i, code in enumerate(np.asarray(Zq, dtype=np.float64)):
+            found = self._index.get_nns_by_vector(code, n, search_k=search_k)
+            out[i, : len(found)] = found
+        return out
+
+    def __getstate__(self):
+        # An Annoy index pickles as its codes; loading rebuilds the same trees
+        # (same seed), which takes well under a second per 100k codes.
+        state = self.__dict__.copy()
+        del state["_index"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._index = self._build(self._codes)
+
+
+def _check_euclidean_family(metric, backend):
+    if metric.name not in _HNSW_SPACES:
+        raise ValueError(
+            f"backend={backend!r} searches the Euclidean family and cosine, not "
+            f"metric={metric.name!r}: use backend='pynndescent' or an embedder."
+        )
+
+
 #: The candidate indexes by ``backend`` name.
-INDEXES = {"brute": BruteIndex, "pynndescent": NNDescentIndex, "hnswlib": HnswIndex}
+INDEXES = {
+    "brute": BruteIndex,
+    "ivf": IVFIndex,
+    "pynndescent": NNDescentIndex,
+    "hnswlib": HnswIndex,
+    "usearch": UsearchIndex,
+    "annoy": AnnoyIndex,
+}
 
 
 def _valid_candidates(ind, dist):

@@ -1,4 +1,4 @@
-"""Compiled distance kernel for re-ranking candidates.
+"""Compiled kernels: distances for re-ranking candidates, scans of code cells.
 
 Re-ranking reads, for each query, a few dozen scattered rows of the fitted
 data. In NumPy that means gathering them into a ``(queries, candidates,
@@ -12,6 +12,11 @@ pynndescent) and the compiled code is cached on disk; loading it from the
 cache takes ~0.6 s per process. So that no query pays for it, :func:`preload`
 starts loading in a background thread when a search estimator is fitted (the
 estimator waits for it at the end of ``fit``) or unpickled.
+
+The second kernel, :func:`scan_cells`, serves the inverted-file candidate
+index: it scans the codes of each query's probed cells and keeps the nearest
+``n`` in a bounded heap, so no per-query distance array is built or
+partitioned.
 """
 
 import threading
@@ -125,21 +130,70 @@ def _compile():
                 else:
                     out[i, j] = pow_diff(q, X[row], p)
 
-    return candidate_distances
+    @jit
+    def sift_down(heap_d, heap_i, size):
+        # A max-heap: after its root was replaced, move the root down.
+        pos = 0
+        while True:
+            child = 2 * pos + 1
+            if child >= size:
+                break
+            if child + 1 < size and heap_d[child + 1] > heap_d[child]:
+                child += 1
+            if heap_d[child] <= heap_d[pos]:
+                break
+            heap_d[pos], heap_d[child] = heap_d[child], heap_d[pos]
+            heap_i[pos], heap_i[child] = heap_i[child], heap_i[pos]
+            pos = child
+
+    @jit
+    def scan_cells(Q, Z, starts, probes, out):
+        n = out.shape[1]
+        heap_d = np.empty(n, dtype=np.float32)
+        heap_i = np.empty(n, dtype=np.intp)
+        for i in range(Q.shape[0]):
+            q = Q[i]
+            heap_d[:] = np.inf
+            heap_i[:] = -1
+            for p in range(probes.shape[1]):
+                cell = probes[i, p]
+                if cell < 0:
+                    continue
+                for row in range(starts[cell], starts[cell + 1]):
+                    z = Z[row]
+                    acc = np.float32(0.0)
+                    for t in range(q.shape[0]):
+                        diff = q[t] - z[t]
+                        acc += diff * diff
+                    if acc < heap_d[0]:
+                        heap_d[0] = acc
+                        heap_i[0] = row
+                        sift_down(heap_d, heap_i, n)
+            out[i, :] = heap_i
+
+    return candidate_distances, scan_cells
 
 
 def load():
-    """The compiled kernel, compiled or loaded from numba's cache on first call."""
+    """The compiled kernels, compiled or loaded from numba's cache on first call.
+
+    Returns
+    -------
+    distances, scan : the re-ranking and the cell-scanning kernel.
+    """
     global _KERNEL
     with _LOCK:
         if _KERNEL is None:
-            kernel = _compile()
+            distances, scan = _compile()
             # numba loads one specialisation per argument types on its first
-            # call: do it here for both dtypes, not in a user's query.
+            # call: do it here for every dtype used, not in a user's query.
             for dtype in (np.float32, np.float64):
                 rows = np.zeros((1, 1), dtype=dtype)
-                kernel(rows, rows, np.zeros((1, 1), dtype=np.intp), 0, 2.0, np.empty((1, 1)))
-            _KERNEL = kernel
+                distances(rows, rows, np.zeros((1, 1), dtype=np.intp), 0, 2.0, np.empty((1, 1)))
+            codes = np.zeros((1, 1), dtype=np.float32)
+            scan(codes, codes, np.array([0, 1], dtype=np.intp), np.zeros((1, 1), dtype=np.intp),
+                 np.empty((1, 1), dtype=np.intp))
+            _KERNEL = distances, scan
     return _KERNEL
 
 
@@ -175,27 +229,65 @@ def candidate_distances(metric, Q, X, candidates, n_jobs=1):
     candidates : ndarray of shape (n_queries, n_candidates)
         Row numbers into ``X``; negative entries give ``inf``.
     n_jobs : int
-        Threads; the kernel releases the GIL, so slices of the queries run
-        side by side (a serial kernel loads far faster than numba's parallel
-        one, whose threading layer costs ~2 s to start in every process).
+        Threads (slices of the queries run side by side).
 
     Returns
     -------
     dist : ndarray of shape (n_queries, n_candidates), float64
     """
-    kernel = load()
+    kernel = load()[0]
     Q, X = np.ascontiguousarray(Q), np.ascontiguousarray(X)
     candidates = np.ascontiguousarray(candidates, dtype=np.intp)
     out = np.empty(candidates.shape, dtype=np.float64)
     code, p = _CODES[metric.name], float(metric.p)
 
-    def run(rows):
-        kernel(Q[rows], X, candidates[rows], code, p, out[rows])
+    _in_slices(lambda rows: kernel(Q[rows], X, candidates[rows], code, p, out[rows]),
+               len(Q), n_jobs)
+    return out
 
-    slices = list(gen_even_slices(len(Q), max(1, min(n_jobs, len(Q) // 64))))
+
+def scan_cells(Q, Z, starts, probes, n, n_jobs=1):
+    """The ``n`` nearest codes of each query among those of its probed cells.
+
+    Parameters
+    ----------
+    Q : ndarray of shape (n_queries, n_components), float32
+        Query codes.
+    Z : ndarray of shape (n_codes, n_components), float32
+        Codes stored cell after cell.
+    starts : ndarray of shape (n_cells + 1,)
+        Cell ``c`` holds the codes ``starts[c]:starts[c + 1]``.
+    probes : ndarray of shape (n_queries, n_probes)
+        Cells to scan per query; negative entries are skipped.
+    n : int
+        Codes to return per query.
+    n_jobs : int
+        Threads (slices of the queries run side by side).
+
+    Returns
+    -------
+    rows : ndarray of shape (n_queries, n), intp
+        Positions in ``Z`` (in no particular order); -1 where fewer than
+        ``n`` codes were scanned.
+    """
+    kernel = load()[1]
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
+    probes = np.ascontiguousarray(probes, dtype=np.intp)
+    out = np.empty((len(Q), n), dtype=np.intp)
+    _in_slices(lambda rows: kernel(Q[rows], Z, starts, probes[rows], out[rows]), len(Q), n_jobs)
+    return out
+
+
+def _in_slices(run, n_queries, n_jobs):
+    """``run(slice)`` over even slices of the queries, in up to ``n_jobs`` threads.
+
+    The kernels release the GIL, so slices run side by side (a serial kernel
+    loads far faster than numba's parallel one, whose threading layer costs
+    ~2 s to start in every process).
+    """
+    slices = list(gen_even_slices(n_queries, max(1, min(n_jobs, n_queries // 64))))
     if len(slices) <= 1:
         run(slice(None))
     else:
         with ThreadPoolExecutor(len(slices)) as pool:
             list(pool.map(run, slices))
-    return out

@@ -21,16 +21,18 @@ from ._search import (
     rerank,
 )
 
-# Fitted points from which backend='auto' builds a pynndescent graph instead
-# of brute-force search of the embedding. Measured on Fashion-MNIST codes
-# (32-d, 2 cores): brute force answers ~4,500 queries/s at 60k points and
-# slows linearly with n; pynndescent answers 14-30k/s but costs ~21 s of numba
-# start-up per process (measured with its cache warm) plus ~0.07 ms per point
-# to build. Querying every fitted point (a k-NN graph) costs about the same
-# either way at 85-100k points.
-_PYNNDESCENT_FROM = 100_000
+# Fitted points from which backend='auto' builds an inverted file over the
+# codes instead of searching them by brute force. Measured on Fashion-MNIST
+# codes (32-d, 2 cores): brute force answers ~4,500 queries/s at 60k points
+# and slows linearly with n; the inverted file answers ~60k/s at 60k points
+# (40 candidates) and builds in about a second, with nothing to compile at fit
+# (pynndescent answers 14-30k/s but costs ~18 s of numba start-up per process,
+# its cache warm, plus ~1.4 s to build).
+_IVF_FROM = 5_000
 # Candidates per neighbour tried, in order, by target_recall.
 _EFFORT_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
 class LearnedNeighbors(SearchBase):
     """Nearest neighbours through a learned embedding, re-ranked exactly.
 
@@ -59,13 +61,18 @@ class LearnedNeighbors(SearchBase):
         given to :meth:`fit`. An embedder fitted beforehand is used as it is
         when wrapped in :class:`sklearn.frozen.FrozenEstimator`. For
         ``metric='cosine'`` the embedder sees unit-normalised rows.
-    backend : {'auto', 'brute', 'pynndescent', 'hnswlib'}, default='auto'
-        Candidate search in the embedded space: exact brute force, an
-        approximate pynndescent graph, or an HNSW graph (hnswlib, an optional
-        extra: ``pip install 'skknn[hnswlib]'``; Euclidean family and cosine
-        only). 'auto' uses brute force below 100,000 fitted points, where it
-        is faster than paying pynndescent's one-off start-up (~20 s per
-        process) and graph construction, and pynndescent above.
+    backend : {'auto', 'brute', 'ivf', 'pynndescent', 'hnswlib', 'usearch', \
+            'annoy'}, default='auto'
+        Candidate search in the embedded space: 'brute' compares every code;
+        'ivf' scans the codes of the k-means cells nearest to the query (an
+        inverted file over the codes); 'pynndescent' searches a k-NN graph;
+        'hnswlib' and 'usearch' an HNSW graph and 'annoy' random projection
+        trees, each an optional extra (e.g. ``pip install 'skknn[usearch]'``;
+        Euclidean family and cosine only, as 'ivf'). 'auto' uses 'brute'
+        below 5,000 fitted points and 'ivf' from there (a plain install's
+        fastest, see :ref:`backends`); with ``embedder='passthrough'`` it is
+        'brute', the exact search. The choice never depends on what else is
+        installed.
     candidates_per_neighbor : int, default=10
         Candidates re-ranked per requested neighbour (capped at the number of
         fitted points). More candidates: higher recall, slower queries.
@@ -109,7 +116,7 @@ class LearnedNeighbors(SearchBase):
     embedder_ : transformer or None
         The fitted embedder; None for ``embedder='passthrough'``.
     backend_ : str
-        The backend in use: 'brute', 'pynndescent' or 'hnswlib'.
+        The backend in use (``backend``, with 'auto' resolved).
     recall_ : float
         Recall@n_neighbors measured at the end of ``fit`` against exact
         search, on up to 256 training points queried with themselves
@@ -233,7 +240,9 @@ class LearnedNeighbors(SearchBase):
         n_samples = X.shape[0]
         self.backend_ = self.backend
         if self.backend == "auto":
-            self.backend_ = "brute" if n_samples < _PYNNDESCENT_FROM else "pynndescent"
+            # Searching the inputs themselves ('passthrough') stays exact.
+            small = n_samples < _IVF_FROM or self.embedder_ is None
+            self.backend_ = "brute" if small else "ivf"
         self._exact = self.embedder_ is None and self.backend_ == "brute"
         if self._exact:
             return

@@ -1,6 +1,7 @@
 """LearnedNeighbors: exactness, approximation quality, API and bad input."""
 
 import copy
+import importlib.util
 import pickle
 import subprocess
 import sys
@@ -444,38 +445,89 @@ def test_float32_data_stays_float32(rng):
     assert dist.dtype == np.float32
 
 
-@pytest.mark.parametrize("backend", ["pynndescent", "hnswlib"])
-def test_graph_backends(backend, rng):
-    pytest.importorskip(backend)
+# backend -> the module it needs (None: part of a plain install).
+BACKENDS = {"ivf": None, "pynndescent": "pynndescent", "hnswlib": "hnswlib",
+            "usearch": "usearch", "annoy": "annoy"}
+
+
+@pytest.fixture(scope="module")
+def backend_data():
     X = make_blobs_data(n_samples=1500, n_features=10, centers=10)
+    return X[:1400], X[1400:]
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_candidate_backends(backend, backend_data):
+    if BACKENDS[backend]:
+        pytest.importorskip(BACKENDS[backend])
+    X, Q = backend_data
     nn = LearnedNeighbors(
         n_neighbors=5, embedder="passthrough", backend=backend, random_state=0
-    ).fit(X[:1400])
+    ).fit(X)
     assert nn.backend_ == backend
-    dist, ind = nn.kneighbors(X[1400:])
-    ref_dist, _ = NearestNeighbors(n_neighbors=5).fit(X[:1400]).kneighbors(X[1400:])
+    dist, ind = nn.kneighbors(Q)
+    ref_dist, _ = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(Q)
     from skknn._search import recall_at_k
 
     assert recall_at_k(dist, ref_dist) >= 0.95 and nn.recall_ >= 0.95
     again = pickle.loads(pickle.dumps(nn))
-    assert_array_equal(again.kneighbors(X[1400:])[1], ind)
+    assert_array_equal(again.kneighbors(Q)[1], ind)
     # Queries far outside the data (one beyond float32) are searched exactly.
-    far = X[1400:1402] + np.array([[1e39], [1e6]])
+    far = Q[:2] + np.array([[1e39], [1e6]])
     for row, (d, i) in enumerate(zip(*nn.kneighbors(far))):
-        true = np.sqrt(((far[row] - X[:1400]) ** 2).sum(axis=1))
+        true = np.sqrt(((far[row] - X) ** 2).sum(axis=1))
         assert_allclose(d, np.sort(true)[:5], rtol=1e-12)
         assert_allclose(true[i], d, rtol=1e-12)
 
 
-def test_missing_optional_backend_names_its_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "hnswlib", None)  # import hnswlib now fails
-    with pytest.raises(ImportError, match=r"pip install 'skknn\[hnswlib\]'"):
-        LearnedNeighbors(embedder="passthrough", backend="hnswlib").fit(np.eye(10))
+def test_every_backend_loads_in_a_fresh_process(backend_data, tmp_path):
+    X, Q = backend_data
+    fitted = {}
+    for backend, module in BACKENDS.items():
+        if module is None or importlib.util.find_spec(module) is not None:
+            fitted[backend] = LearnedNeighbors(
+                n_neighbors=5, embedder=PCA(4), backend=backend, random_state=0
+            ).fit(X)
+    (tmp_path / "fitted.pkl").write_bytes(pickle.dumps(fitted))
+    np.save(tmp_path / "Q.npy", Q)
+    code = (
+        "import pickle, numpy as np\n"
+        f"fitted = pickle.loads(open({str(tmp_path / 'fitted.pkl')!r}, 'rb').read())\n"
+        f"Q = np.load({str(tmp_path / 'Q.npy')!r})\n"
+        "np.savez({path!r}, **{{b: est.kneighbors(Q)[1] for b, est in fitted.items()}})\n"
+    ).format(path=str(tmp_path / "ind.npz"))
+    subprocess.run([sys.executable, "-c", code], check=True)
+    loaded = np.load(tmp_path / "ind.npz")
+    assert sorted(loaded.files) == sorted(fitted)
+    for backend, est in fitted.items():
+        assert_array_equal(loaded[backend], est.kneighbors(Q)[1], err_msg=backend)
 
 
-def test_hnswlib_refuses_metrics_it_cannot_search():
-    with pytest.raises(ValueError, match="backend='hnswlib' searches the Euclidean family"):
-        LearnedNeighbors(embedder="passthrough", backend="hnswlib", metric="manhattan").fit(
+def test_ivf_scans_every_cell_at_full_effort(backend_data):
+    X, Q = backend_data
+    n = len(X)
+    nn = LearnedNeighbors(n_neighbors=5, embedder=PCA(3), backend="ivf",
+                          candidates_per_neighbor=n, random_state=0).fit(X)
+    assert nn._index.n_probe(n) == len(nn._index._centres)
+    # Every code is a candidate: the exact answer.
+    assert_array_equal(nn.kneighbors(Q)[1], NearestNeighbors(n_neighbors=5).fit(X).kneighbors(
+        Q)[1])
+    # With few candidates only the nearest cells are scanned.
+    assert nn._index.n_probe(5) < len(nn._index._centres)
+
+
+@pytest.mark.parametrize("backend", ["hnswlib", "usearch", "annoy"])
+def test_missing_optional_backend_names_its_extra(backend, monkeypatch):
+    monkeypatch.setitem(sys.modules, BACKENDS[backend], None)  # its import now fails
+    monkeypatch.setitem(sys.modules, f"{BACKENDS[backend]}.index", None)
+    with pytest.raises(ImportError, match=rf"pip install 'skknn\[{backend}\]'"):
+        LearnedNeighbors(embedder="passthrough", backend=backend).fit(np.eye(10))
+
+
+@pytest.mark.parametrize("backend", ["ivf", "hnswlib", "usearch", "annoy"])
+def test_euclidean_backends_refuse_other_metrics(backend):
+    with pytest.raises(ValueError, match=f"backend='{backend}' searches the Euclidean family"):
+        LearnedNeighbors(embedder="passthrough", backend=backend, metric="manhattan").fit(
             np.eye(10))
 
 
