@@ -10,7 +10,9 @@ import numpy as np
 
 from ._compare import measure, methods, plot, table_point
 
-_DEFAULT_QUERIES = {"digits": 300, "fashion-mnist": 10000, "file": 10000}
+_DEFAULT_QUERIES = {"digits": 300, "fashion-mnist": 10000, "embedding-like": 10000,
+                    "file": 10000}
+_EMBEDDING_LIKE_TRAIN = 100_000
 # Methods built on pynndescent, whose numba code compiles for about a minute
 # the first time it runs after installation (then it is cached).
 _SLOW_START = ("learned-ae-nnd", "pynndescent")
@@ -26,8 +28,12 @@ def _parser():
             "fit seconds and speed-up over brute force. Euclidean distance."
         ),
     )
-    parser.add_argument("--dataset", choices=["digits", "fashion-mnist"], default="digits",
-                        help="data set (default: scikit-learn's bundled digits)")
+    parser.add_argument("--dataset", choices=["digits", "fashion-mnist", "embedding-like"],
+                        default="digits",
+                        help="data set (default: scikit-learn's bundled digits); "
+                             "embedding-like: 100,000 generated unit vectors of 384 "
+                             "dimensions shaped like text-model outputs (see "
+                             "skknn.datasets.make_embedding_like)")
     parser.add_argument("--data-dir", help="folder with the Fashion-MNIST idx files")
     parser.add_argument("--data", metavar="FILE.npz",
                         help="your own data: a .npz file with 2-D arrays 'train' and 'test' "
@@ -124,6 +130,13 @@ def _load(args):
             )
         perm = np.random.RandomState(args.random_state).permutation(len(X))
         return "digits", X[perm[n_queries:]], X[perm[:n_queries]]
+    if args.dataset == "embedding-like":
+        from .datasets import make_embedding_like
+
+        n_queries = args.n_queries or _DEFAULT_QUERIES["embedding-like"]
+        X, _ = make_embedding_like(_EMBEDDING_LIKE_TRAIN + n_queries,
+                                   random_state=args.random_state)
+        return "embedding-like", X[:_EMBEDDING_LIKE_TRAIN], X[_EMBEDDING_LIKE_TRAIN:]
     from .datasets import load_fashion_mnist
 
     X_train, _, X_test, _ = load_fashion_mnist(args.data_dir)

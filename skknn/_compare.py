@@ -159,6 +159,13 @@ def _learned(embedder, backend="auto"):
     return make
 
 
+def _learned_defaults(args, n_features):
+    from . import LearnedNeighbors
+
+    return LearnedNeighbors(n_neighbors=args.k, target_recall=args.target_recall,
+                            random_state=args.random_state)
+
+
 def _cluster(router):
     def make(args, n_features):
         from . import ClusterFilteredKNN
@@ -174,6 +181,7 @@ def methods():
     """Every method, by key: exact search first (the reference)."""
     return {
         "exact": _SkknnMethod("exact", "NearestNeighbors (exact, brute)", _exact),
+        "learned": _SkknnMethod("learned", "LearnedNeighbors (defaults)", _learned_defaults),
         "learned-ae": _SkknnMethod("learned-ae", "LearnedNeighbors (autoencoder)",
                                    _learned("autoencoder")),
         "learned-ae-nnd": _SkknnMethod(

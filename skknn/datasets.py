@@ -108,3 +108,66 @@ def load_fashion_mnist(data_dir=None, dtype=np.float32):
             )
     y_train = arrays["train_labels"].astype(np.intp)
     return X_train, y_train, X_test, arrays["test_labels"].astype(np.intp)
+
+
+def make_embedding_like(n_samples=100_000, n_features=384, *, n_topics=1000,
+                        spectrum_decay=0.7, spread=0.6, shared_direction=0.5,
+                        random_state=None):
+    """Unit vectors shaped like the outputs of a text or image embedding model.
+
+    Embedding models give unit-normalised vectors whose covariance spectrum
+    decays like a power law, that cluster by topic, and that share a common
+    direction (the "cone": random pairs have positive cosine similarity).
+    This generator draws exactly that, so benchmarks need no download:
+
+    1. a random orthonormal basis, and axis variances ``i ** -spectrum_decay``
+       for ``i = 1 .. n_features`` (the power-law spectrum);
+    2. ``n_topics`` topic centres drawn with that covariance, topic sizes
+       Zipf-distributed (a few large topics, many small ones);
+    3. each vector = its topic centre + ``spread`` times a draw with the same
+       covariance + ``shared_direction`` times one fixed unit vector (scaled
+       to the centres' typical norm), then normalised to unit length.
+
+    Parameters
+    ----------
+    n_samples : int, default=100_000
+    n_features : int, default=384
+        Dimension (384 is that of many sentence-embedding models).
+    n_topics : int, default=1000
+    spectrum_decay : float, default=0.7
+        Exponent of the power-law variance spectrum. At 0.7 the first 32 of
+        384 principal components hold about half of the variance, as
+        reported for sentence-embedding models.
+    spread : float, default=0.6
+        Within-topic spread relative to the spread of the topic centres.
+    shared_direction : float, default=0.5
+        Weight of the direction every vector shares.
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features), float32
+        Unit-norm rows.
+    topic : ndarray of shape (n_samples,)
+        The topic of each row.
+    """
+    from sklearn.utils import check_random_state, gen_batches
+
+    rng = check_random_state(random_state)
+    basis, _ = np.linalg.qr(rng.standard_normal((n_features, n_features)))
+    scale = np.arange(1, n_features + 1) ** (-spectrum_decay / 2.0)
+
+    def draw(n):
+        return (rng.standard_normal((n, n_features)) * scale) @ basis.T
+
+    centres = draw(n_topics)
+    shared = rng.standard_normal(n_features)
+    shared *= np.sqrt((scale**2).sum()) / np.linalg.norm(shared)
+    weights = 1.0 / np.arange(1, n_topics + 1)
+    topic = rng.choice(n_topics, size=n_samples, p=weights / weights.sum())
+    X = np.empty((n_samples, n_features), dtype=np.float32)
+    for rows in gen_batches(n_samples, 16_384):
+        V = centres[topic[rows]] + spread * draw(rows.stop - rows.start)
+        V += shared_direction * shared
+        X[rows] = V / np.linalg.norm(V, axis=1, keepdims=True)
+    return X, topic

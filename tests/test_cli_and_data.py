@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
+from skknn import _cli
 from skknn._cli import main
-from skknn.datasets import load_fashion_mnist, read_idx
+from skknn.datasets import load_fashion_mnist, make_embedding_like, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,6 +94,35 @@ def test_main_json_on_fashion_layout(tiny_fashion, capsys):
     assert len(probes) > 1
     recalls = [p["recall"] for p in sorted(cluster["curve"], key=lambda p: p["effort"]["n_probe"])]
     assert recalls == sorted(recalls)
+
+
+def test_embedding_like_data_look_like_model_outputs():
+    X, topic = make_embedding_like(3000, 64, n_topics=50, random_state=0)
+    assert X.shape == (3000, 64) and X.dtype == np.float32 and topic.shape == (3000,)
+    assert_array_equal(X, make_embedding_like(3000, 64, n_topics=50, random_state=0)[0])
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1, rtol=1e-5)
+    # The shared direction: random pairs have positive cosine similarity.
+    rng = np.random.RandomState(0)
+    pairs = rng.randint(0, 3000, size=(2000, 2))
+    assert 0.05 < (X[pairs[:, 0]] * X[pairs[:, 1]]).sum(1).mean() < 0.5
+    # Topics: a row's nearest other row mostly shares its topic.
+    G = X @ X.T
+    np.fill_diagonal(G, -np.inf)
+    assert (topic[G.argmax(1)] == topic).mean() > 0.8
+    # A decaying spectrum: the first eighth of the components hold far more
+    # than an eighth of the variance, but not all of it.
+    var = np.linalg.svd(X - X.mean(0), compute_uv=False) ** 2
+    assert 0.3 < var[:8].sum() / var.sum() < 0.9
+
+
+def test_main_on_embedding_like_data(monkeypatch, capsys):
+    monkeypatch.setattr(_cli, "_EMBEDDING_LIKE_TRAIN", 1500)
+    args = ["--dataset", "embedding-like", "--n-queries", "50", "--json",
+            "--estimators", "learned-pca"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dataset"] == "embedding-like" and out["n_train"] == 1500
+    assert out["n_queries"] == 50
 
 
 def test_main_on_an_npz_file_with_a_plot(tmp_path, rng, capsys):

@@ -549,3 +549,35 @@ def test_rows_short_of_candidates_fall_back_to_exact_search(rng):
     ref_dist, ref_ind = NearestNeighbors(n_neighbors=4).fit(X).kneighbors(X[:10])
     assert_array_equal(ind, ref_ind)
     assert_allclose(dist, ref_dist, atol=1e-9)
+
+
+def test_default_code_size_is_chosen_from_the_data(rng):
+    # 6 latent dimensions mapped linearly into 100: a 16-d code holds them.
+    latent = rng.randn(1500, 6)
+    X = latent @ rng.randn(6, 100) + 0.01 * rng.randn(1500, 100)
+    nn = LearnedNeighbors(embedder=None, random_state=0)
+    nn._log = lambda message: None
+    size = nn._choose_code_size(X, np.random.RandomState(0))
+    assert size == 16
+
+
+def test_fit_warns_when_no_code_beats_the_inputs(rng):
+    # Isotropic noise: no code of fewer dimensions keeps the neighbours.
+    X = rng.randn(1500, 40)
+    nn = LearnedNeighbors(embedder=None, random_state=0)
+    with pytest.warns(UserWarning, match="consider embedder='passthrough', backend='brute'"):
+        size = nn._choose_code_size(X, np.random.RandomState(0))
+    assert size in (16, 32)
+
+
+def test_default_embedder_gets_the_chosen_code_size(monkeypatch):
+    import functools
+
+    import skknn._learned
+
+    fast = functools.partial(AutoencoderEmbedder, hidden_layer_sizes=(16,), epochs=2)
+    monkeypatch.setattr(skknn._learned, "AutoencoderEmbedder", fast)
+    X = load_digits().data
+    nn = LearnedNeighbors(embedder=None, random_state=0).fit(X)
+    assert nn.code_size_ in (16, 32)
+    assert nn.embedder_.n_components == nn.code_size_
