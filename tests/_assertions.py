@@ -89,3 +89,30 @@ def assert_same_radius(dist, ind, ref_dist, ref_ind, radius, scale=1.0):
         sure = set(ref_ind[row][ref_dist[row] < radius - tol])
         borderline = set(ind[row][np.abs(dist[row] - radius) <= tol])
         assert sure <= mine <= set(ref_ind[row]) | borderline, f"radius query, row {row}"
+
+
+def in_fresh_process(tmp_path, obj, X, expression, check=""):
+    """Pickle ``obj``, evaluate ``expression`` (of ``obj`` and ``X``) in a new Python.
+
+    Returns what the expression gave there: an array, or a dict of arrays.
+    ``check`` is further code run there afterwards (e.g. an assert).
+    """
+    import pickle
+    import subprocess
+    import sys
+
+    (tmp_path / "obj.pkl").write_bytes(pickle.dumps(obj))
+    np.save(tmp_path / "X.npy", X)
+    out = tmp_path / "out.npz"
+    code = (
+        "import pickle, sys, numpy as np\n"
+        f"obj = pickle.loads(open({str(tmp_path / 'obj.pkl')!r}, 'rb').read())\n"
+        f"X = np.load({str(tmp_path / 'X.npy')!r})\n"
+        f"result = {expression}\n"
+        "result = result if isinstance(result, dict) else {'result': result}\n"
+        f"np.savez({str(out)!r}, **result)\n"
+        f"{check}\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    loaded = dict(np.load(out))
+    return loaded.get("result", loaded) if list(loaded) == ["result"] else loaded

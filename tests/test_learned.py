@@ -27,6 +27,7 @@ from ._assertions import (
     assert_same_neighbors,
     assert_same_radius,
     exact_problem,
+    in_fresh_process,
     true_distances,
 )
 from .conftest import FAST_AE, make_blobs_data
@@ -488,17 +489,9 @@ def test_every_backend_loads_in_a_fresh_process(backend_data, tmp_path):
             fitted[backend] = LearnedNeighbors(
                 n_neighbors=5, embedder=PCA(4), backend=backend, random_state=0
             ).fit(X)
-    (tmp_path / "fitted.pkl").write_bytes(pickle.dumps(fitted))
-    np.save(tmp_path / "Q.npy", Q)
-    code = (
-        "import pickle, numpy as np\n"
-        f"fitted = pickle.loads(open({str(tmp_path / 'fitted.pkl')!r}, 'rb').read())\n"
-        f"Q = np.load({str(tmp_path / 'Q.npy')!r})\n"
-        "np.savez({path!r}, **{{b: est.kneighbors(Q)[1] for b, est in fitted.items()}})\n"
-    ).format(path=str(tmp_path / "ind.npz"))
-    subprocess.run([sys.executable, "-c", code], check=True)
-    loaded = np.load(tmp_path / "ind.npz")
-    assert sorted(loaded.files) == sorted(fitted)
+    loaded = in_fresh_process(tmp_path, fitted, Q,
+                              "{b: est.kneighbors(X)[1] for b, est in obj.items()}")
+    assert sorted(loaded) == sorted(fitted)
     for backend, est in fitted.items():
         assert_array_equal(loaded[backend], est.kneighbors(Q)[1], err_msg=backend)
 

@@ -2,8 +2,6 @@
 
 import copy
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +14,8 @@ from sklearn.pipeline import make_pipeline
 from skknn import TripletEmbedder
 from skknn._keras import import_keras
 from skknn._triplet import _pk_order, _triplet_loss, mine
+
+from ._assertions import in_fresh_process
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 FAST = {"hidden_layer_sizes": (32,), "n_components": 8, "epochs": 15, "batch_size": 64}
@@ -214,17 +214,9 @@ def test_pickle_deepcopy_and_fresh_process(noisy_classes, tmp_path):
     emb = TripletEmbedder(**FAST, random_state=0).fit(X, y)
     for other in (pickle.loads(pickle.dumps(emb)), copy.deepcopy(emb)):
         assert_array_equal(other.transform(X_test), emb.transform(X_test))
-    (tmp_path / "e.pkl").write_bytes(pickle.dumps(emb))
-    np.save(tmp_path / "X.npy", X_test)
-    code = (
-        "import pickle, sys, numpy as np\n"
-        f"e = pickle.loads(open({str(tmp_path / 'e.pkl')!r}, 'rb').read())\n"
-        f"X = np.load({str(tmp_path / 'X.npy')!r})\n"
-        f"np.save({str(tmp_path / 'Z.npy')!r}, e.transform(X))\n"
-        "assert 'keras' not in sys.modules\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-    assert_array_equal(np.load(tmp_path / "Z.npy"), emb.transform(X_test))
+    Z = in_fresh_process(tmp_path, emb, X_test, "obj.transform(X)",
+                         check="assert 'keras' not in sys.modules")
+    assert_array_equal(Z, emb.transform(X_test))
 
 
 def test_bad_targets(noisy_classes):
