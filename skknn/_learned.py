@@ -12,7 +12,7 @@ from ._autoencoder import AutoencoderEmbedder
 from ._base import SearchBase
 from ._indexes import INDEXES
 from ._keras import draw_seed
-from ._metrics import Metric, Space, resolve_metric
+from ._metrics import Metric
 from ._search import (
     beyond_range,
     block_topk,
@@ -20,6 +20,7 @@ from ._search import (
     drop_self,
     exact_kneighbors,
     exact_radius,
+    exact_search,
     max_sqnorm,
     rerank,
 )
@@ -36,8 +37,10 @@ _IVF_FROM = 5_000
 # least estimated query cost (see _choose_code_size): per query, ``c * k``
 # candidates cost ``_SCAN_COST * d`` for scanning codes of ``d`` components
 # (the inverted file scans ~40 codes per candidate) plus ``_RERANK_COST * F``
-# for re-ranking over ``F`` input features (a scattered read: measured ~4x a
-# scanned component, Fashion-MNIST, 2 cores).
+# for re-ranking over ``F`` input features (a scattered read). Measured on
+# Fashion-MNIST, one thread: a re-ranked component cost ~2.5x a scanned one
+# (40 rows x 784 in 16 us; 2,000 codes x 32 in 13 us); 4 is a round figure
+# above that, not tuned.
 _CODE_SIZES = (16, 32, 64, 128)
 _SCAN_COST = 40
 _RERANK_COST = 4
@@ -316,7 +319,6 @@ class LearnedNeighbors(SearchBase):
         from sklearn.decomposition import PCA
 
         n_samples, n_features = X.shape
-        n_total = n_samples
         sizes = [d for d in _CODE_SIZES if d < min(n_features, n_samples)]
         k = min(self.n_neighbors, n_samples - 2)
         if len(sizes) <= 1 or k < 1:
@@ -324,14 +326,12 @@ class LearnedNeighbors(SearchBase):
         target = self.target_recall or _CODE_SIZE_RECALL
         # A sample stands for the data (bounded cost at any n); its first rows
         # are the queries.
-        X = X[rng.permutation(n_samples)[:_CODE_SIZE_SAMPLE]]
-        n_samples = len(X)
-        queries = np.arange(min(_N_CODE_QUERIES, n_samples // 2))
-        pca = PCA(sizes[-1], random_state=draw_seed(rng)).fit(X)
-        Z = pca.transform(X).astype(np.float32)
-        space = Space(resolve_metric("euclidean"), X)
-        _, true = drop_self(*exact_kneighbors(space, space.fitted_rows(queries), k + 1), queries)
-        widest = min(n_samples, _EFFORT_GRID[-1] * k + 1)
+        sample = X[rng.permutation(n_samples)[:_CODE_SIZE_SAMPLE]]
+        queries = np.arange(min(_N_CODE_QUERIES, len(sample) // 2))
+        pca = PCA(sizes[-1], random_state=draw_seed(rng)).fit(sample)
+        Z = pca.transform(sample).astype(np.float32)
+        _, true = drop_self(*exact_search(sample, sample[queries], k + 1), queries)
+        widest = min(len(sample), _EFFORT_GRID[-1] * k + 1)
         costs = {}
         for d in sizes:
             Zd = np.ascontiguousarray(Z[:, :d])
@@ -348,7 +348,7 @@ class LearnedNeighbors(SearchBase):
         # Exact search of the inputs: one matrix product over all of them,
         # ~7x cheaper per component than the scanning kernel (measured: 60k x
         # 784 brute force 1,470 queries/s; 2,000 codes x 32 scanned in 13 us).
-        brute = n_total * n_features / _BRUTE_SPEEDUP
+        brute = n_samples * n_features / _BRUTE_SPEEDUP
         if not costs or costs[chosen] > brute:
             warnings.warn(
                 f"[{type(self).__name__}] no code of up to {sizes[-1]} components is "

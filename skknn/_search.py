@@ -12,6 +12,7 @@ every row whose ranking value could, within its error bound, be among the
 brute force whatever the offset or scale of the data.
 """
 
+import functools
 import os
 
 import numpy as np
@@ -87,16 +88,12 @@ def _run_batches(func, batches, n_jobs):
         return Parallel(n_jobs=n_jobs, prefer="threads")(delayed(func)(b) for b in batches)
 
 
-_CONTROLLER = []
-
-
+@functools.cache
 def _blas_controller():
     """threadpoolctl's view of the loaded BLAS libraries (inspected once)."""
-    if not _CONTROLLER:
-        from threadpoolctl import ThreadpoolController
+    from threadpoolctl import ThreadpoolController
 
-        _CONTROLLER.append(ThreadpoolController())
-    return _CONTROLLER[0]
+    return ThreadpoolController()
 
 
 def _stack(parts):

@@ -115,4 +115,4 @@ def in_fresh_process(tmp_path, obj, X, expression, check=""):
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     loaded = dict(np.load(out))
-    return loaded.get("result", loaded) if list(loaded) == ["result"] else loaded
+    return loaded["result"] if list(loaded) == ["result"] else loaded

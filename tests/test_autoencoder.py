@@ -2,8 +2,6 @@
 
 import copy
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skknn import AutoencoderEmbedder
 
+from ._assertions import in_fresh_process
 from .conftest import FAST_AE
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -103,17 +102,8 @@ def test_pickle_and_deepcopy_identical(fitted, digits):
 
 
 def test_loads_in_a_fresh_process(fitted, digits, tmp_path):
-    path = tmp_path / "ae.pkl"
-    path.write_bytes(pickle.dumps(fitted))
-    np.save(tmp_path / "X.npy", digits[:25])
-    code = (
-        "import pickle, sys, numpy as np\n"
-        f"emb = pickle.loads(open({str(path)!r}, 'rb').read())\n"
-        f"X = np.load({str(tmp_path / 'X.npy')!r})\n"
-        f"np.save({str(tmp_path / 'Z.npy')!r}, emb.transform(X))\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-    assert_array_equal(np.load(tmp_path / "Z.npy"), fitted.transform(digits[:25]))
+    Z = in_fresh_process(tmp_path, fitted, digits[:25], "obj.transform(X)")
+    assert_array_equal(Z, fitted.transform(digits[:25]))
 
 
 def test_feature_names_out(fitted):
