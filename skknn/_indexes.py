@@ -1,7 +1,9 @@
 """Candidate indexes: where LearnedNeighbors looks for candidates among codes.
 
-Every index has the same small interface: built on the fitted codes, asked
-for ``n`` candidates of each query code, pickled with the estimator. The
+Every index has the same small interface: built on the fitted codes (with
+the estimator's threads), asked for ``n`` candidates of each query code
+(``query(Zq, n, n_jobs)``: the estimator runs slices of queries side by side
+and asks each for one thread), pickled with the estimator. The
 effort knob stays ``candidates_per_neighbor`` (so ``target_recall`` walks one
 grid whatever the index): each index turns ``n`` into its own search effort.
 Optional libraries are imported when an index is built, and a missing one is
@@ -74,16 +76,17 @@ class BruteIndex:
         self._sqnorm = np.einsum("ij,ij->i", Z, Z)
         return self
 
-    def query(self, Zq, n):
-        return block_topk(Zq, self._Z, n, self._sqnorm, self.n_jobs)[1]
+    def query(self, Zq, n, n_jobs=1):
+        return block_topk(Zq, self._Z, n, self._sqnorm, n_jobs)[1]
 
 
 class IVFIndex:
     """An inverted file over the codes: k-means cells, the nearest ones scanned.
 
-    The codes are stored cell after cell; a query ranks the cell centres by
-    one matrix product, then a compiled kernel scans the codes of its nearest
-    cells keeping the ``n`` nearest in a heap. Building costs one small
+    The codes are stored centred, cell after cell; queries rank the cell
+    centres by one matrix product, then a compiled kernel multiplies each
+    cell's codes with the queries probing it and keeps each query's ``n``
+    nearest in a heap. Building costs one small
     k-means (a second or two at 60k codes), and nothing is compiled at fit:
     the kernel loads with the re-ranking kernel.
     """
@@ -98,6 +101,10 @@ class IVFIndex:
         n_codes = len(Z)
         n_cells = max(1, min(n_codes, round(math.sqrt(n_codes))))
         rng = np.random.RandomState(self.seed)
+        # Centred codes: the scan ranks them by |z|^2 - 2 q.z in float32,
+        # which loses every digit for codes far from the origin.
+        self._offset = Z.mean(axis=0, dtype=np.float64)
+        Z = (Z - self._offset).astype(np.float32)
         sample = Z
         if n_codes > _IVF_SAMPLE_PER_CELL * n_cells:
             sample = Z[rng.choice(n_codes, _IVF_SAMPLE_PER_CELL * n_cells, replace=False)]
@@ -107,7 +114,8 @@ class IVFIndex:
         centres = kmeans.cluster_centers_.astype(np.float32)
         labels = block_topk(Z, centres, 1, n_jobs=self.n_jobs)[1][:, 0]
         self._rows = np.argsort(labels, kind="stable")
-        self._codes = np.ascontiguousarray(Z[self._rows], dtype=np.float32)
+        self._codes = np.ascontiguousarray(Z[self._rows])
+        self._codes_sq = np.einsum("ij,ij->i", self._codes, self._codes)
         self._starts = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=n_cells))])
         self._centres = centres
         self._centres_sq = np.einsum("ij,ij->i", centres, centres)
@@ -119,9 +127,14 @@ class IVFIndex:
         wanted = math.ceil(_IVF_SCAN_PER_CANDIDATE * n / self._mean_cell)
         return int(min(len(self._centres), max(1, wanted)))
 
-    def query(self, Zq, n):
-        probes = block_topk(Zq, self._centres, self.n_probe(n), self._centres_sq, self.n_jobs)[1]
-        pos = scan_cells(Zq, self._codes, self._starts, probes, n, self.n_jobs)
+    def query(self, Zq, n, n_jobs=1):
+        Zq = (Zq - self._offset).astype(np.float32)
+        # The centres are ranked by the same kernel, as one cell that every
+        # query probes (5x faster than a matrix product and argpartition).
+        every_centre = np.array([0, len(self._centres)])
+        probes = scan_cells(Zq, self._centres, self._centres_sq, every_centre,
+                            np.zeros((len(Zq), 1), dtype=np.intp), self.n_probe(n), n_jobs)
+        pos = scan_cells(Zq, self._codes, self._codes_sq, self._starts, probes, n, n_jobs)
         return np.where(pos >= 0, self._rows[np.maximum(pos, 0)], -1)
 
 
@@ -146,7 +159,8 @@ class NNDescentIndex:
         self._index.prepare()
         return self
 
-    def query(self, Zq, n):
+    def query(self, Zq, n, n_jobs=1):
+        # pynndescent searches its queries one after another, whatever n_jobs.
         ind, dist = self._index.query(Zq, k=n, epsilon=_NNDESCENT_EPSILON)
         return _valid_candidates(ind, dist)
 
@@ -166,11 +180,11 @@ class HnswIndex:
         self._index.add_items(np.asarray(Z, dtype=np.float32), num_threads=self.n_jobs)
         return self
 
-    def query(self, Zq, n):
+    def query(self, Zq, n, n_jobs=1):
         self._index.set_ef(max(n, 1))
         try:
             labels, _ = self._index.knn_query(np.asarray(Zq, dtype=np.float32), k=n,
-                                              num_threads=self.n_jobs)
+                                              num_threads=n_jobs)
         except RuntimeError:
             # hnswlib raises when some query's search ends with fewer than n
             # points; those queries then go to the estimator's exact fallback.
@@ -197,9 +211,9 @@ class UsearchIndex:
         return usearch_index.Index(ndim=n_components, metric="l2sq", dtype="f32",
                                    connectivity=_HNSW_M, expansion_add=_HNSW_EF_CONSTRUCTION)
 
-    def query(self, Zq, n):
+    def query(self, Zq, n, n_jobs=1):
         self._index.expansion_search = max(n, 1)
-        found = self._index.search(np.asarray(Zq, dtype=np.float32), n, threads=self.n_jobs)
+        found = self._index.search(np.asarray(Zq, dtype=np.float32), n, threads=n_jobs)
         keys = np.asarray(found.keys, dtype=np.intp).reshape(len(Zq), -1)
         # Slots past a query's found count hold no neighbour.
         counts = np.asarray(found.counts).reshape(-1, 1)
@@ -238,7 +252,7 @@ class AnnoyIndex:
         index.build(_ANNOY_TREES, n_jobs=self.n_jobs)
         return index
 
-    def query(self, Zq, n):
+    def query(self, Zq, n, n_jobs=1):
         search_k = n * _ANNOY_TREES * _ANNOY_SEARCH_PER_TREE
         out = np.full((len(Zq), n), -1, dtype=np.intp)
         for i, code in enumerate(np.asarray(Zq, dtype=np.float64)):

@@ -14,11 +14,15 @@ starts loading in a background thread when a search estimator is fitted (the
 estimator waits for it at the end of ``fit``) or unpickled.
 
 The second kernel, :func:`scan_cells`, serves the inverted-file candidate
-index: it scans the codes of each query's probed cells and keeps the nearest
-``n`` in a bounded heap, so no per-query distance array is built or
-partitioned.
+index: cell by cell, it multiplies the cell's codes with every query probing
+that cell (one BLAS product, as an inverted file in faiss does) and keeps
+each query's nearest ``n`` in a bounded heap, so no per-query distance array
+is built or partitioned. Measured on 10k Fashion-MNIST queries, 128-d codes,
+5 cells of ~245 codes probed, 2 threads: 55 ms, against 125-145 ms for a
+scan of one query at a time.
 """
 
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -147,29 +151,51 @@ def _compile():
             pos = child
 
     @jit
-    def scan_cells(Q, Z, starts, probes, out):
+    def scan_cells(Q, Z, z_sq, starts, probes, out):
+        # Cell by cell, one matrix product of the cell's codes with every
+        # query probing it; each query keeps its n best in a max-heap.
+        n_queries, n_probes = probes.shape
         n = out.shape[1]
-        heap_d = np.empty(n, dtype=np.float32)
-        heap_i = np.empty(n, dtype=np.intp)
-        for i in range(Q.shape[0]):
-            q = Q[i]
-            heap_d[:] = np.inf
-            heap_i[:] = -1
-            for p in range(probes.shape[1]):
+        n_cells = starts.shape[0] - 1
+        # The queries probing each cell, cell after cell.
+        offsets = np.zeros(n_cells + 1, dtype=np.intp)
+        for i in range(n_queries):
+            for p in range(n_probes):
+                if probes[i, p] >= 0:
+                    offsets[probes[i, p] + 1] += 1
+        for cell in range(n_cells):
+            offsets[cell + 1] += offsets[cell]
+        filled = offsets[:-1].copy()
+        probing = np.empty(offsets[-1], dtype=np.intp)
+        for i in range(n_queries):
+            for p in range(n_probes):
                 cell = probes[i, p]
-                if cell < 0:
-                    continue
-                for row in range(starts[cell], starts[cell + 1]):
-                    z = Z[row]
-                    acc = np.float32(0.0)
-                    for t in range(q.shape[0]):
-                        diff = q[t] - z[t]
-                        acc += diff * diff
-                    if acc < heap_d[0]:
-                        heap_d[0] = acc
-                        heap_i[0] = row
-                        sift_down(heap_d, heap_i, n)
-            out[i, :] = heap_i
+                if cell >= 0:
+                    probing[filled[cell]] = i
+                    filled[cell] += 1
+        heap_d = np.full((n_queries, n), np.inf, dtype=np.float32)
+        out[:] = -1
+        for cell in range(n_cells):
+            first, stop = starts[cell], starts[cell + 1]
+            n_probing = offsets[cell + 1] - offsets[cell]
+            if n_probing == 0 or stop == first:
+                continue
+            queries = probing[offsets[cell]:offsets[cell + 1]]
+            Qc = np.empty((n_probing, Q.shape[1]), dtype=np.float32)
+            for a in range(n_probing):
+                Qc[a] = Q[queries[a]]
+            # Ranking values |z|^2 - 2 q.z of centred codes (|q|^2 is the
+            # same for all of a query's codes).
+            G = np.dot(Qc, Z[first:stop].T)
+            for a in range(n_probing):
+                i = queries[a]
+                hd, hi = heap_d[i], out[i]
+                for b in range(stop - first):
+                    value = z_sq[first + b] - 2.0 * G[a, b]
+                    if value < hd[0]:
+                        hd[0] = value
+                        hi[0] = first + b
+                        sift_down(hd, hi, n)
 
     return candidate_distances, scan_cells
 
@@ -191,8 +217,8 @@ def load():
                 rows = np.zeros((1, 1), dtype=dtype)
                 distances(rows, rows, np.zeros((1, 1), dtype=np.intp), 0, 2.0, np.empty((1, 1)))
             codes = np.zeros((1, 1), dtype=np.float32)
-            scan(codes, codes, np.array([0, 1], dtype=np.intp), np.zeros((1, 1), dtype=np.intp),
-                 np.empty((1, 1), dtype=np.intp))
+            scan(codes, codes, np.zeros(1, dtype=np.float32), np.array([0, 1], dtype=np.intp),
+                 np.zeros((1, 1), dtype=np.intp), np.empty((1, 1), dtype=np.intp))
             _KERNEL = distances, scan
     return _KERNEL
 
@@ -241,13 +267,17 @@ def candidate_distances(metric, Q, X, candidates, n_jobs=1):
     out = np.empty(candidates.shape, dtype=np.float64)
     code, p = _CODES[metric.name], float(metric.p)
 
-    _in_slices(lambda rows: kernel(Q[rows], X, candidates[rows], code, p, out[rows]),
-               len(Q), n_jobs)
+    in_slices(lambda rows: kernel(Q[rows], X, candidates[rows], code, p, out[rows]),
+              len(Q), n_jobs)
     return out
 
 
-def scan_cells(Q, Z, starts, probes, n, n_jobs=1):
+def scan_cells(Q, Z, z_sq, starts, probes, n, n_jobs=1):
     """The ``n`` nearest codes of each query among those of its probed cells.
+
+    Codes are ranked by ``|z|^2 - 2 q.z`` in float32, so they should be
+    centred (the inverted file stores them so): this only selects
+    candidates, which are then re-ranked exactly.
 
     Parameters
     ----------
@@ -255,6 +285,8 @@ def scan_cells(Q, Z, starts, probes, n, n_jobs=1):
         Query codes.
     Z : ndarray of shape (n_codes, n_components), float32
         Codes stored cell after cell.
+    z_sq : ndarray of shape (n_codes,), float32
+        Their squared norms.
     starts : ndarray of shape (n_cells + 1,)
         Cell ``c`` holds the codes ``starts[c]:starts[c + 1]``.
     probes : ndarray of shape (n_queries, n_probes)
@@ -274,20 +306,38 @@ def scan_cells(Q, Z, starts, probes, n, n_jobs=1):
     Q = np.ascontiguousarray(Q, dtype=np.float32)
     probes = np.ascontiguousarray(probes, dtype=np.intp)
     out = np.empty((len(Q), n), dtype=np.intp)
-    _in_slices(lambda rows: kernel(Q[rows], Z, starts, probes[rows], out[rows]), len(Q), n_jobs)
+    in_slices(lambda rows: kernel(Q[rows], Z, z_sq, starts, probes[rows], out[rows]),
+              len(Q), n_jobs)
     return out
 
 
-def _in_slices(run, n_queries, n_jobs):
+def in_slices(run, n_queries, n_jobs):
     """``run(slice)`` over even slices of the queries, in up to ``n_jobs`` threads.
 
     The kernels release the GIL, so slices run side by side (a serial kernel
     loads far faster than numba's parallel one, whose threading layer costs
-    ~2 s to start in every process).
+    ~2 s to start in every process). Matrix products inside use one BLAS
+    thread each: a multi-threaded BLAS would oversubscribe the cores, and its
+    idle threads spin for a while after each product, slowing whatever runs
+    next (measured: an inverted-file scan right after a two-thread encoder
+    product took 80-100 ms instead of 55).
+
+    Returns
+    -------
+    results : list
+        What ``run`` returned for each slice, in order.
     """
     slices = list(gen_even_slices(n_queries, max(1, min(n_jobs, n_queries // 64))))
     if len(slices) <= 1:
-        run(slice(None))
-    else:
+        return [run(slice(0, n_queries))]
+    with blas_controller().limit(limits=1, user_api="blas"):
         with ThreadPoolExecutor(len(slices)) as pool:
-            list(pool.map(run, slices))
+            return list(pool.map(run, slices))
+
+
+@functools.cache
+def blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries (inspected once)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()

@@ -12,6 +12,7 @@ from ._autoencoder import AutoencoderEmbedder
 from ._base import SearchBase
 from ._indexes import INDEXES
 from ._keras import draw_seed
+from ._kernels import in_slices
 from ._metrics import Metric
 from ._search import (
     beyond_range,
@@ -400,37 +401,54 @@ class LearnedNeighbors(SearchBase):
 
         The mask marks queries the index cannot rank (their code is not
         finite or lies far beyond every fitted code): both ``kneighbors`` and
-        ``radius_neighbors`` search them exactly.
+        ``radius_neighbors`` search them exactly. One thread: the callers run
+        slices of queries side by side.
         """
         Zq, rankable = self._embed(self._space.unit_raw(q), queries=True)
-        candidates = self._index.query(Zq, n_candidates)
+        candidates = self._index.query(Zq, n_candidates, 1)
         candidates[~rankable] = -1
         return candidates, ~rankable
 
     def _knn(self, q, k, params):
         if self._exact:
             return exact_kneighbors(self._space, q, k, n_jobs=self._n_jobs)
-        candidates, exact = self._candidates(q, self._n_candidates(k, params))
-        dist, ind = rerank(self._space, q, candidates, k, self._n_jobs)
-        if exact.any():
-            dist[exact], ind[exact] = exact_kneighbors(self._space, q[exact], k, self._n_jobs)
-        return dist, ind
+        n_candidates = self._n_candidates(k, params)
+
+        def one(rows):
+            # Embedding, candidate search and re-ranking of a slice of the
+            # queries, in one thread (see in_slices).
+            part = q[rows]
+            candidates, exact = self._candidates(part, n_candidates)
+            dist, ind = rerank(self._space, part, candidates, k)
+            if exact.any():
+                dist[exact], ind[exact] = exact_kneighbors(self._space, part[exact], k)
+            return dist, ind
+
+        parts = in_slices(one, len(q), self._n_jobs)
+        return np.vstack([d for d, _ in parts]), np.vstack([i for _, i in parts])
 
     def _radius(self, q, radius, params):
         if self._exact:
             return exact_radius(self._space, q, radius, self._n_jobs)
-        candidates, exact = self._candidates(q, self._n_candidates(self.n_neighbors, params))
-        dist, ind = candidate_radius(self._space, q, candidates, radius, self._n_jobs)
-        # Where every candidate lies within the radius, the ball may hold more
-        # points than were looked at (unless every fitted point was one).
-        n_valid = (candidates >= 0).sum(axis=1)
-        full = (np.array([len(i) for i in ind]) >= n_valid) & (n_valid < self.n_samples_fit_)
-        redo = np.flatnonzero(exact | full)
-        if len(redo):
-            d, i = exact_radius(self._space, q[redo], radius, self._n_jobs)
-            for row, d_row, i_row in zip(redo, d, i):
-                dist[row], ind[row] = d_row, i_row
-        return dist, ind
+        n_candidates = self._n_candidates(self.n_neighbors, params)
+
+        def one(rows):
+            part = q[rows]
+            candidates, exact = self._candidates(part, n_candidates)
+            dist, ind = candidate_radius(self._space, part, candidates, radius)
+            # Where every candidate lies within the radius, the ball may hold
+            # more points than were looked at (unless every fitted point was one).
+            n_valid = (candidates >= 0).sum(axis=1)
+            full = (np.array([len(i) for i in ind]) >= n_valid) & (n_valid < self.n_samples_fit_)
+            redo = np.flatnonzero(exact | full)
+            if len(redo):
+                d, i = exact_radius(self._space, part[redo], radius)
+                for row, d_row, i_row in zip(redo, d, i):
+                    dist[row], ind[row] = d_row, i_row
+            return dist, ind
+
+        parts = in_slices(one, len(q), self._n_jobs)
+        return ([d for dist, _ in parts for d in dist], [i for _, ind in parts for i in ind])
 
     def _default_search_params(self):
         if self._exact:

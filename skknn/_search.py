@@ -12,7 +12,6 @@ every row whose ranking value could, within its error bound, be among the
 brute force whatever the offset or scale of the data.
 """
 
-import functools
 import os
 
 import numpy as np
@@ -21,7 +20,7 @@ from sklearn import get_config
 from sklearn.utils import gen_batches
 from sklearn.utils.parallel import Parallel, delayed
 
-from ._kernels import candidate_distances
+from ._kernels import blas_controller, candidate_distances
 from ._metrics import Space, _unit_rows, resolve_metric
 
 # Rows selected beyond k by ranking values in the searches that merge
@@ -84,16 +83,8 @@ def _run_batches(func, batches, n_jobs):
     """
     if n_jobs == 1 or len(batches) == 1:
         return [func(b) for b in batches]
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with blas_controller().limit(limits=1, user_api="blas"):
         return Parallel(n_jobs=n_jobs, prefer="threads")(delayed(func)(b) for b in batches)
-
-
-@functools.cache
-def _blas_controller():
-    """threadpoolctl's view of the loaded BLAS libraries (inspected once)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
 
 
 def _stack(parts):

@@ -136,3 +136,19 @@ def test_batch_norm_networks_leave_out_the_incomplete_batch(n_rows, batch_norm, 
     # Each epoch draws its own order, so different rows are left out.
     if expected < n_rows:
         assert len({tuple(sorted(rows)) for rows in model.rows}) > 1
+
+
+def test_float32_scaling_matches_float64_and_survives_overflow():
+    from skknn._keras import apply_scaling, fit_scaling
+
+    rng = np.random.RandomState(0)
+    X = (rng.normal(size=(50, 8)) + 1e4).astype(np.float32)
+    mean, scale = fit_scaling(X)
+    fast = apply_scaling(X, mean, scale)
+    assert fast.dtype == np.float32
+    assert_allclose(fast, (X - mean) / scale, atol=1e-3)
+    # float32 X - mean overflows here; the float64 route still gives finite values.
+    big = np.array([[3e38], [-3e38]], dtype=np.float32)
+    out = apply_scaling(big, np.array([-1e38]), 10.0)
+    assert out.dtype == np.float32
+    assert_allclose(out, [[4e37], [-2e37]], rtol=1e-6)

@@ -509,6 +509,22 @@ def test_ivf_scans_every_cell_at_full_effort(backend_data):
     assert nn._index.n_probe(5) < len(nn._index._centres)
 
 
+def test_ivf_keeps_its_recall_far_from_the_origin():
+    # The scan ranks codes by |z|^2 - 2 q.z in float32; the inverted file
+    # centres the codes, so an offset of 1e5 changes nothing (uncentred,
+    # the ranking values would be noise at this offset).
+    X = load_digits().data
+    Q, X = X[:200], X[200:]
+    ref = NearestNeighbors(n_neighbors=10).fit(X).kneighbors(Q)[1]
+    recalls = []
+    for offset in (0.0, 1e5):
+        nn = LearnedNeighbors(10, embedder="passthrough", backend="ivf", candidates_per_neighbor=3,
+                              random_state=0).fit((X + offset).astype(np.float32))
+        ind = nn.kneighbors((Q + offset).astype(np.float32))[1]
+        recalls.append(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ind, ref)]))
+    assert recalls[0] > 0.9 and recalls[1] >= recalls[0] - 0.02
+
+
 @pytest.mark.parametrize("backend", ["hnswlib", "usearch", "annoy"])
 def test_missing_optional_backend_names_its_extra(backend, monkeypatch):
     monkeypatch.setitem(sys.modules, BACKENDS[backend], None)  # its import now fails

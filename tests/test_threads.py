@@ -21,3 +21,26 @@ def test_none_respects_omp_num_threads_and_joblib_config(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     with parallel_config(n_jobs=3):
         assert search_threads(None) == 3
+
+
+def test_threads_give_the_answers_of_one_thread():
+    # Slices of queries searched side by side (embedding, ivf scan, re-rank)
+    # return what one thread returns, for kneighbors and radius_neighbors.
+    import numpy as np
+    from numpy.testing import assert_array_equal
+    from sklearn.decomposition import PCA
+
+    from skknn import LearnedNeighbors
+
+    from .conftest import make_blobs_data
+
+    X = make_blobs_data(n_samples=6000, n_features=12, centers=20)
+    Q, X = X[:700], X[700:]
+    one = LearnedNeighbors(5, embedder=PCA(6), backend="ivf", n_jobs=1, random_state=0).fit(X)
+    two = LearnedNeighbors(5, embedder=PCA(6), backend="ivf", n_jobs=2, random_state=0).fit(X)
+    for a, b in zip(one.kneighbors(Q), two.kneighbors(Q)):
+        assert_array_equal(a, b)
+    radius = np.median(one.kneighbors(Q)[0][:, -1])
+    found = [est.radius_neighbors(Q, radius, sort_results=True)[1] for est in (one, two)]
+    for a, b in zip(*found):
+        assert_array_equal(a, b)
