@@ -162,7 +162,8 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         if self.target_recall is None:
             efforts = [self._default_search_params()]
         for params in efforts:
-            dist, _ = drop_self(*self._search(q.__getitem__, len(q), k + 1, params), eval_rows)
+            found = self._search(q.__getitem__, len(q), k + 1, params, self_included=True)
+            dist, _ = drop_self(*found, eval_rows)
             recall = recall_at_k(dist, exact)
             self._log(f"recall@{k} = {recall:.4f} with {params}")
             if self.target_recall is None or recall >= self.target_recall:
@@ -225,17 +226,20 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 f"integer values (e.g. {example}), got {params!r}."
             )
 
-    def _search(self, rows_of, n_queries, k, params):
+    def _search(self, rows_of, n_queries, k, params, self_included=False):
         """Top-``k`` in batches; queries the index could not fill are searched exactly.
 
-        ``rows_of(slice)`` gives the :class:`Rows` of those queries. Returns
-        float64 distances and row numbers of the fitted data.
+        ``rows_of(slice)`` gives the :class:`Rows` of those queries. With
+        ``self_included``, the queries are fitted rows and ``k`` counts each
+        one itself (the caller drops it): the search effort is that of
+        ``k - 1`` neighbours, as for a new query. Returns float64 distances
+        and row numbers of the fitted data.
         """
         self._check_search_params(params)
         dists, inds = [], []
         for batch in gen_batches(n_queries, _QUERY_BATCH):
             q = rows_of(batch)
-            dist, ind = self._knn(q, k, params)
+            dist, ind = self._knn(q, k, params, self_included)
             short = np.flatnonzero((ind < 0).any(axis=1))
             if len(short):
                 dist[short], ind[short] = exact_kneighbors(
@@ -292,7 +296,7 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 f"n_samples_fit = {self.n_samples_fit_}, n_samples = {n_queries}"
             )
         dist, ind = self._search(rows_of, n_queries, n_neighbors + query_is_train,
-                                 self.search_params_)
+                                 self.search_params_, self_included=query_is_train)
         if query_is_train:
             dist, ind = drop_self(dist, ind, np.arange(n_queries))
         dist = dist.astype(self._space.dtype)
@@ -476,8 +480,12 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """Build the index of ``self._space`` (``X``: the validated input rows)."""
         raise NotImplementedError
 
-    def _knn(self, q, k, params):  # pragma: no cover - abstract
-        """Sorted top-``k`` of query :class:`Rows`, float64 distances; ``-1`` where none."""
+    def _knn(self, q, k, params, self_included=False):  # pragma: no cover - abstract
+        """Sorted top-``k`` of query :class:`Rows`, float64 distances; ``-1`` where none.
+
+        ``self_included``: the queries are fitted rows and ``k`` counts each
+        one itself (see :meth:`_search`).
+        """
         raise NotImplementedError
 
     def _radius(self, q, radius, params):  # pragma: no cover - abstract

@@ -478,7 +478,7 @@ class ClusterFilteredKNN(SearchBase):
     def _n_probe(self, params):
         return min(params["n_probe"], self.n_clusters_)
 
-    def _knn(self, q, k, params):
+    def _knn(self, q, k, params, self_included=False):
         return self._probe_knn(q, k, self._route(q, self._n_probe(params)))
 
     def _radius(self, q, radius, params):

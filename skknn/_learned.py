@@ -393,8 +393,12 @@ class LearnedNeighbors(SearchBase):
         return Z, finite
 
     # -------------------------------------------------------------- search
-    def _n_candidates(self, k, params):
-        return min(self.n_samples_fit_, max(k, params["candidates_per_neighbor"] * k))
+    def _n_candidates(self, k, params, self_included=False):
+        # A fitted row queried for its neighbours finds itself first: it
+        # gets one candidate more, not candidates_per_neighbor more (else
+        # recall_, measured on fitted rows, would overstate a new query's).
+        n = params["candidates_per_neighbor"] * (k - self_included) + self_included
+        return min(self.n_samples_fit_, max(k, n))
 
     def _candidates(self, q, n_candidates):
         """Candidate rows of each query, and which queries to search exactly.
@@ -409,10 +413,10 @@ class LearnedNeighbors(SearchBase):
         candidates[~rankable] = -1
         return candidates, ~rankable
 
-    def _knn(self, q, k, params):
+    def _knn(self, q, k, params, self_included=False):
         if self._exact:
             return exact_kneighbors(self._space, q, k, n_jobs=self._n_jobs)
-        n_candidates = self._n_candidates(k, params)
+        n_candidates = self._n_candidates(k, params, self_included)
 
         def one(rows):
             # Embedding, candidate search and re-ranking of a slice of the

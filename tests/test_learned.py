@@ -509,6 +509,21 @@ def test_ivf_scans_every_cell_at_full_effort(backend_data):
     assert nn._index.n_probe(5) < len(nn._index._centres)
 
 
+def test_fitted_rows_as_queries_get_the_effort_of_new_queries(rng):
+    # kneighbors(X=None) and recall_ search k + 1 neighbours (each row finds
+    # itself first): one more candidate, not candidates_per_neighbor more,
+    # so that recall_ measures what a new query gets.
+    X = rng.normal(size=(300, 6))
+    nn = LearnedNeighbors(5, embedder=PCA(3), backend="ivf", candidates_per_neighbor=3,
+                          n_jobs=1, random_state=0).fit(X)
+    asked = []
+    query = nn._index.query
+    nn._index.query = lambda Zq, n, n_jobs=1: asked.append(n) or query(Zq, n, n_jobs)
+    nn.kneighbors(X[:10])
+    nn.kneighbors()
+    assert asked == [15, 16]
+
+
 def test_ivf_keeps_its_recall_far_from_the_origin():
     # The scan ranks codes by |z|^2 - 2 q.z in float32; the inverted file
     # centres the codes, so an offset of 1e5 changes nothing (uncentred,
