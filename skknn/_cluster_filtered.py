@@ -138,9 +138,9 @@ class ClusterFilteredKNN(SearchBase):
         Router training epochs (0 for the 'centroid' router).
     recall_ : float
         Recall@n_neighbors measured at the end of ``fit`` against exact
-        search, on up to 256 training points queried with themselves
-        excluded; from 1,280 fitted points on they are held out of k-means and
-        router training (they stay in the index).
+        search, on up to 1,024 training points queried with themselves
+        excluded; from 1,280 fitted points on they (a fifth at most) are
+        held out of k-means and router training (they stay in the index).
     search_params_ : dict
         The search effort in use: ``{'n_probe': n}``. Assign another (e.g.
         ``{'n_probe': 8}``) to change the effort without refitting.
