@@ -104,6 +104,13 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     # exactly with this estimator.
     _EXACT_HINT = ""
 
+    @property
+    def _n_jobs(self):
+        """Threads of the search, from the current ``n_jobs`` (as scikit-learn
+        reads ``n_jobs`` at query time, ``set_params(n_jobs=...)`` after fit
+        takes effect)."""
+        return search_threads(self.n_jobs)
+
     # ------------------------------------------------------------------ fit
     def _fit(self, X, y=None):
         """Fit atomically: see :func:`fit_atomically`."""
@@ -130,7 +137,6 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self.effective_metric_params_ = self._metric.sklearn_params
         self.n_samples_fit_ = X.shape[0]
         self._space = Space(self._metric, X)
-        self._n_jobs = search_threads(self.n_jobs)
         rng = check_random_state(self.random_state)
         eval_rows, train_rows = self._recall_rows(X.shape[0], rng)
         self._fit_index(X, y, train_rows, rng)

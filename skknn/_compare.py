@@ -105,7 +105,8 @@ class _Hnswlib(_Method):
         self.index.add_items(X, np.arange(len(X)))
 
     def efforts(self):
-        return [{"ef": ef} for ef in (10, 12, 15, 20, 25, 30, 40, 60, 80, 160, 320)]
+        return [{"ef": ef} for ef in (10, 12, 15, 20, 25, 30, 40, 60, 80, 100, 120, 160, 200,
+                                       240, 320)]
 
     def query(self, Q, k, effort):
         self.index.set_ef(max(effort["ef"], k))

@@ -6,6 +6,7 @@ from numbers import Integral
 import numpy as np
 from scipy.sparse import issparse
 from sklearn.base import _fit_context, clone
+from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from ._autoencoder import AutoencoderEmbedder
@@ -59,6 +60,9 @@ _N_CODE_QUERIES = 256
 # new queries at 30 candidates: 0.952 trained on 20k rows (20 s), 0.957 on
 # 35k (31 s), 0.962 on 60k (58 s).
 _AUTOENCODER_ROWS = 40_000
+# Fitted rows encoded at once when building the index: the encoder's
+# temporaries (standardised rows, hidden layers) stay ~50 MB whatever n.
+_EMBED_BATCH = 16_384
 # Recall the estimate aims at when target_recall is not set.
 _CODE_SIZE_RECALL = 0.95
 # Candidates per neighbour tried, in order, by target_recall.
@@ -285,7 +289,7 @@ class LearnedNeighbors(SearchBase):
         self._exact = self.embedder_ is None and self.backend_ == "brute"
         if self._exact:
             return
-        Z, _ = self._embed(inputs)
+        Z = self._embed_fitted(inputs)
         self._code_sqmax = max_sqnorm(Z)
         # Codes are compared with the Euclidean distance; passthrough inputs
         # with the estimator's metric (unit rows for cosine).
@@ -375,6 +379,18 @@ class LearnedNeighbors(SearchBase):
                 stacklevel=4,
             )
         return chosen
+
+    def _embed_fitted(self, X):
+        """Codes of the fitted rows, encoded in batches (bounded temporaries)."""
+        if self.embedder_ is None:
+            return self._embed(X)[0]
+        Z = None
+        for rows in gen_batches(len(X), _EMBED_BATCH):
+            part = self._embed(X[rows])[0]
+            if Z is None:
+                Z = np.empty((len(X), part.shape[1]), dtype=np.float32)
+            Z[rows] = part
+        return Z
 
     def _embed(self, X, queries=False):
         """Codes of ``X`` (float32) and which rows the index can rank.

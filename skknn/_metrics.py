@@ -16,6 +16,7 @@ The other metrics (Manhattan, Chebyshev, Minkowski) are ranked with scipy's
 ``cdist``, which already computes in float64 from differences.
 """
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,6 +161,9 @@ def resolve_metric(metric, p=2, metric_params=None):
     return Metric(name, float(p) if name == "minkowski" else 2.0)
 
 
+_RANKING_LOCK = threading.Lock()
+
+
 class Rows:
     """Rows in the two forms search uses.
 
@@ -178,7 +182,9 @@ class Rows:
 
     def _ranking(self):
         if self._block is None:
-            self._block, self._sq = self._make_block(self.data)
+            with _RANKING_LOCK:  # threads searching slices share the fitted rows
+                if self._block is None:
+                    self._block, self._sq = self._make_block(self.data)
         return self._block, self._sq
 
     @property
@@ -235,8 +241,9 @@ class Space:
             self.block_scale = _power_of_two_inverse(float(spread.max(initial=0.0)))
         eps32 = float(np.finfo(np.float32).eps)
         self.tol = (self.n_features + 16) * eps32
+        # The ranking form of the fitted rows (a float32 copy) is made on
+        # first use: exact searches need it, learned candidates never do.
         self.fitted = self.rows(X)
-        self.fitted._ranking()
         self.ids = self._positions = None
 
     def __setstate__(self, state):

@@ -1,5 +1,8 @@
 """How many threads the search uses for an estimator's n_jobs."""
 
+import pickle
+
+import pytest
 from joblib import cpu_count, parallel_config
 
 from skknn._search import search_threads
@@ -23,9 +26,13 @@ def test_none_respects_omp_num_threads_and_joblib_config(monkeypatch):
         assert search_threads(None) == 3
 
 
-def test_threads_give_the_answers_of_one_thread():
-    # Slices of queries searched side by side (embedding, ivf scan, re-rank)
-    # return what one thread returns, for kneighbors and radius_neighbors.
+@pytest.mark.parametrize("backend", ["ivf", "pynndescent", "hnswlib", "usearch", "annoy"])
+def test_threads_give_the_answers_of_one_thread(backend):
+    # Slices of queries searched side by side (embedding, candidate search,
+    # re-rank) return what one thread returns, for kneighbors and
+    # radius_neighbors, with every backend sharing its index between threads.
+    if backend != "ivf":
+        pytest.importorskip(backend)
     import numpy as np
     from numpy.testing import assert_array_equal
     from sklearn.decomposition import PCA
@@ -36,8 +43,10 @@ def test_threads_give_the_answers_of_one_thread():
 
     X = make_blobs_data(n_samples=6000, n_features=12, centers=20)
     Q, X = X[:700], X[700:]
-    one = LearnedNeighbors(5, embedder=PCA(6), backend="ivf", n_jobs=1, random_state=0).fit(X)
-    two = LearnedNeighbors(5, embedder=PCA(6), backend="ivf", n_jobs=2, random_state=0).fit(X)
+    one = LearnedNeighbors(5, embedder=PCA(6), backend=backend, n_jobs=1, random_state=0).fit(X)
+    # The same index searched with two threads: n_jobs is read at query time.
+    two = pickle.loads(pickle.dumps(one)).set_params(n_jobs=2)
+    assert two._n_jobs == 2
     for a, b in zip(one.kneighbors(Q), two.kneighbors(Q)):
         assert_array_equal(a, b)
     radius = np.median(one.kneighbors(Q)[0][:, -1])
