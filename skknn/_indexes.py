@@ -30,9 +30,9 @@ _ANNOY_SEARCH_PER_TREE = 2
 # The inverted file: about sqrt(n) k-means cells, fitted on at most this many
 # codes per cell in at most this many Lloyd iterations; a query scans the
 # nearest cells until it has seen this many codes per candidate it returns.
-# Measured on Fashion-MNIST PCA-32 codes (256 cells, 40 candidates, one
-# thread): 8 cells (~47 codes per candidate) 159 ms per 10k queries, recall@10
-# of the candidates 0.865; hnswlib (M=16, ef=40) 174 ms, 0.869.
+# Measured on the autoencoder's Fashion-MNIST codes (60k x 128, 245 cells,
+# 10k queries, 2 threads): 40 candidates in 82 ms, candidate recall@10 0.982;
+# hnswlib (M=16) the same recall with 30 candidates in 114 ms.
 _IVF_SAMPLE_PER_CELL = 256
 _IVF_KMEANS_ITER = 20
 _IVF_SCAN_PER_CANDIDATE = 40
