@@ -83,10 +83,9 @@ class BruteIndex:
 class IVFIndex:
     """An inverted file over the codes: k-means cells, the nearest ones scanned.
 
-    The codes are stored centred, cell after cell; queries rank the cell
-    centres by one matrix product, then a compiled kernel multiplies each
-    cell's codes with the queries probing it and keeps each query's ``n``
-    nearest in a heap. Building costs one small
+    The codes are stored centred, cell after cell; a compiled kernel ranks
+    the cell centres for the queries, then multiplies each cell's codes with
+    the queries probing it and keeps each query's ``n`` nearest in a heap. Building costs one small
     k-means (a second or two at 60k codes), and nothing is compiled at fit:
     the kernel loads with the re-ranking kernel.
     """

@@ -23,8 +23,10 @@ from ._search import (
     exact_kneighbors,
     exact_radius,
     exact_search,
+    join_parts,
     max_sqnorm,
     rerank,
+    stack_parts,
 )
 
 # Fitted points from which backend='auto' builds an inverted file over the
@@ -457,8 +459,7 @@ class LearnedNeighbors(SearchBase):
                 dist[exact], ind[exact] = exact_kneighbors(self._space, part[exact], k)
             return dist, ind
 
-        parts = in_slices(one, len(q), self._n_jobs)
-        return np.vstack([d for d, _ in parts]), np.vstack([i for _, i in parts])
+        return stack_parts(in_slices(one, len(q), self._n_jobs))
 
     def _radius(self, q, radius, params):
         if self._exact:
@@ -480,8 +481,7 @@ class LearnedNeighbors(SearchBase):
                     dist[row], ind[row] = d_row, i_row
             return dist, ind
 
-        parts = in_slices(one, len(q), self._n_jobs)
-        return ([d for dist, _ in parts for d in dist], [i for _, ind in parts for i in ind])
+        return join_parts(in_slices(one, len(q), self._n_jobs))
 
     def _default_search_params(self):
         if self._exact:

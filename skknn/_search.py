@@ -87,8 +87,14 @@ def _run_batches(func, batches, n_jobs):
         return Parallel(n_jobs=n_jobs, prefer="threads")(delayed(func)(b) for b in batches)
 
 
-def _stack(parts):
+def stack_parts(parts):
+    """Distances and indices of query batches, stacked in order."""
     return np.vstack([d for d, _ in parts]), np.vstack([i for _, i in parts])
+
+
+def join_parts(parts):
+    """Per-query lists of distances and indices of query batches, joined in order."""
+    return [d for p in parts for d in p[0]], [i for p in parts for i in p[1]]
 
 
 def _sorted_topk(dist, ind, k):
@@ -153,7 +159,7 @@ def exact_kneighbors(space, q, k, n_jobs=1):
             D = space.block_values(q[batch], X.block)
             return _sorted_topk(D, np.broadcast_to(np.arange(n), D.shape), k)
 
-        return _stack(_run_batches(one, _query_batches(len(q), 24 * n, n_jobs), n_jobs))
+        return stack_parts(_run_batches(one, _query_batches(len(q), 24 * n, n_jobs), n_jobs))
 
     def one(batch):
         qb = q[batch]
@@ -163,7 +169,7 @@ def exact_kneighbors(space, q, k, n_jobs=1):
             dist[row], ind[row] = rerank(space, qb[row : row + 1], cols[None, :], k)
         return dist, ind
 
-    return _stack(_run_batches(one, _query_batches(len(q), 16 * n, n_jobs), n_jobs))
+    return stack_parts(_run_batches(one, _query_batches(len(q), 16 * n, n_jobs), n_jobs))
 
 
 def _margin_candidates(space, q, k):
@@ -307,7 +313,7 @@ def block_topk(Q, X, k, X_sqnorm=None, n_jobs=1):
         return _sorted_topk(D, np.broadcast_to(np.arange(n_samples), D.shape), k)
 
     batches = _query_batches(len(Q), (X.itemsize + 16) * n_samples, n_jobs)
-    return _stack(_run_batches(one, batches, n_jobs))
+    return stack_parts(_run_batches(one, batches, n_jobs))
 
 
 # -------------------------------------------------------------------- radius
@@ -368,7 +374,7 @@ def exact_radius(space, q, radius, n_jobs=1):
         return _split_rows(batch.stop - batch.start, rows, cols, dist)
 
     parts = _run_batches(one, _query_batches(len(q), 16 * len(X), n_jobs), n_jobs)
-    return [d for p in parts for d in p[0]], [i for p in parts for i in p[1]]
+    return join_parts(parts)
 
 
 def candidate_radius(space, q, candidates, radius, n_jobs=1):
@@ -388,7 +394,7 @@ def candidate_radius(space, q, candidates, radius, n_jobs=1):
 
     batches = _query_batches(len(q), 16 * candidates.shape[1], n_jobs)
     parts = _run_batches(one, batches, n_jobs)
-    return [d for p in parts for d in p[0]], [i for p in parts for i in p[1]]
+    return join_parts(parts)
 
 
 # ------------------------------------------------------------------- helpers
