@@ -72,12 +72,14 @@ class BruteIndex:
         self.n_jobs = n_jobs
 
     def build(self, Z):
-        self._Z = Z
-        self._sqnorm = np.einsum("ij,ij->i", Z, Z)
+        # Centred, as in IVFIndex: the ranking uses |z|^2 - 2 q.z in float32.
+        self._offset = Z.mean(axis=0, dtype=np.float64)
+        self._Z = _centred(Z, self._offset)
+        self._sqnorm = np.einsum("ij,ij->i", self._Z, self._Z)
         return self
 
     def query(self, Zq, n, n_jobs=1):
-        return block_topk(Zq, self._Z, n, self._sqnorm, n_jobs)[1]
+        return block_topk(_centred(Zq, self._offset), self._Z, n, self._sqnorm, n_jobs)[1]
 
 
 class IVFIndex:
@@ -103,7 +105,7 @@ class IVFIndex:
         # Centred codes: the scan ranks them by |z|^2 - 2 q.z in float32,
         # which loses every digit for codes far from the origin.
         self._offset = Z.mean(axis=0, dtype=np.float64)
-        Z = self._centred(Z)
+        Z = _centred(Z, self._offset)
         sample = Z
         if n_codes > _IVF_SAMPLE_PER_CELL * n_cells:
             sample = Z[rng.choice(n_codes, _IVF_SAMPLE_PER_CELL * n_cells, replace=False)]
@@ -121,19 +123,13 @@ class IVFIndex:
         self._mean_cell = n_codes / n_cells
         return self
 
-    def _centred(self, Z):
-        # In the codes' own precision (float32 codes: the same rounded offset
-        # for fitted codes and queries, and no float64 copy of them all).
-        return np.subtract(Z, self._offset.astype(Z.dtype), dtype=Z.dtype).astype(
-            np.float32, copy=False)
-
     def n_probe(self, n):
         """Cells scanned for ``n`` candidates."""
         wanted = math.ceil(_IVF_SCAN_PER_CANDIDATE * n / self._mean_cell)
         return int(min(len(self._centres), max(1, wanted)))
 
     def query(self, Zq, n, n_jobs=1):
-        Zq = self._centred(Zq)
+        Zq = _centred(Zq, self._offset)
         # The centres are ranked by the same kernel, as one cell that every
         # query probes (5x faster than a matrix product and argpartition).
         every_centre = np.array([0, len(self._centres)])
@@ -275,6 +271,15 @@ class AnnoyIndex:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._index = self._build(self._codes)
+
+
+def _centred(Z, offset):
+    """Float32 codes minus ``offset``, subtracted in the codes' own precision.
+
+    Float32 codes get the same rounded offset as their queries, and no
+    float64 copy of them all is made.
+    """
+    return np.subtract(Z, offset.astype(Z.dtype), dtype=Z.dtype).astype(np.float32, copy=False)
 
 
 def _check_euclidean_family(metric, backend):

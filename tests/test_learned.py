@@ -20,6 +20,7 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from skknn import AutoencoderEmbedder, LearnedNeighbors
 
@@ -524,7 +525,8 @@ def test_fitted_rows_as_queries_get_the_effort_of_new_queries(rng):
     assert asked == [15, 16]
 
 
-def test_ivf_keeps_its_recall_far_from_the_origin():
+@pytest.mark.parametrize("backend", ["brute", "ivf"])
+def test_code_indexes_keep_their_recall_far_from_the_origin(backend):
     # The scan ranks codes by |z|^2 - 2 q.z in float32; the inverted file
     # centres the codes, so an offset of 1e5 changes nothing (uncentred,
     # the ranking values would be noise at this offset).
@@ -533,7 +535,9 @@ def test_ivf_keeps_its_recall_far_from_the_origin():
     ref = NearestNeighbors(n_neighbors=10).fit(X).kneighbors(Q)[1]
     recalls = []
     for offset in (0.0, 1e5):
-        nn = LearnedNeighbors(10, embedder="passthrough", backend="ivf", candidates_per_neighbor=3,
+        # Codes as far from the origin as the data (the embedder keeps them).
+        embedder = FunctionTransformer() if backend == "brute" else "passthrough"
+        nn = LearnedNeighbors(10, embedder=embedder, backend=backend, candidates_per_neighbor=3,
                               random_state=0).fit((X + offset).astype(np.float32))
         ind = nn.kneighbors((Q + offset).astype(np.float32))[1]
         recalls.append(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ind, ref)]))
