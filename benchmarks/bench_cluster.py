@@ -1,17 +1,25 @@
-"""ClusterFilteredKNN on Fashion-MNIST: learned router vs centroid routing vs faiss IVF.
+"""ClusterFilteredKNN: the learned router vs centroid routing vs faiss IVF-Flat.
 
-    python benchmarks/bench_cluster.py [--n-clusters N] [--json FILE]
+    python benchmarks/bench_cluster.py [--dataset fashion-mnist|embedding-like]
+        [--n-clusters N] [--repeats 3] [--json FILE]
 
-One fit partitions the data; the same clusters are then searched with the
-'mlp' router and with centroid routing (the router swapped on a copy), and
-faiss IndexIVFFlat gets the same number of lists. For each n_probe: recall@k,
-mean candidates per query (sum of probed cluster sizes) and queries/s (median
-of --repeats). Then the candidates each router needs at recall 0.90 and the
-queries/s at recall 0.95, interpolated between measured points.
+Three indexes with the same number of clusters (lists), on the same data:
+
+* ``ClusterFilteredKNN()`` -- the defaults: METIS parts of the k-NN graph,
+  the 'mlp' router, probing by probability mass (swept over ``probe_mass``);
+* ``ClusterFilteredKNN(router='centroid')`` -- k-means cells, nearest
+  centres (swept over ``n_probe``): the plain inverted file;
+* faiss ``IndexIVFFlat`` (swept over ``nprobe``), where installed.
+
+For each setting: recall@k against exact search, mean candidates per query
+(sum of the probed clusters' sizes), queries/s of ``kneighbors`` (median of
+--repeats), and for ours the time of routing alone (``route``) and of the
+search alone (``search_clusters`` on those routes), per 10k queries. Then
+the candidates each needs at recall 0.90 and the queries/s at recall 0.95,
+interpolated between measured settings, and their ratios.
 """
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -20,11 +28,13 @@ import warnings
 import numpy as np
 
 from skknn import ClusterFilteredKNN
-from skknn._metrics import Metric
+from skknn._compare import true_distances
 from skknn._search import exact_search, recall_at_k
-from skknn.datasets import load_fashion_mnist
 
-PROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+MASSES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+PROBES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48)
+# The embedding-like set of benchmarks/bench_learned.py (python -m skknn).
+EMBEDDING_TRAIN, EMBEDDING_QUERIES = 100_000, 10_000
 
 
 def log(message):
@@ -50,90 +60,133 @@ def at_recall(rows, target, key):
     return rows[0][key] if rows and rows[0]["recall"] >= target else None
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-train", type=int, default=60000)
-    parser.add_argument("--n-queries", type=int, default=10000)
-    parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--n-clusters", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--label-neighbors", type=int, default=10)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256])
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
-    warnings.simplefilter("ignore")
+def load(name):
+    if name == "fashion-mnist":
+        from skknn.datasets import load_fashion_mnist
 
-    X_train, _, X_test, _ = load_fashion_mnist()
-    X_train, X_test = X_train[: args.n_train], X_test[: args.n_queries]
-    k = args.k
-    true_dist, _ = exact_search(X_train, X_test, k, n_jobs=-1)
+        X, _, Q, _ = load_fashion_mnist()
+        return X, Q
+    from skknn.datasets import make_embedding_like
 
-    nn = ClusterFilteredKNN(
-        n_neighbors=k, n_clusters=args.n_clusters, router="mlp", epochs=args.epochs,
-        n_label_neighbors=args.label_neighbors, hidden_layer_sizes=tuple(args.hidden),
-        random_state=0, n_jobs=-1, verbose=1,
-    )
-    _, fit_s = median_time(lambda: nn.fit(X_train), 1)
-    n_clusters = nn.n_clusters_
-    log(f"{n_clusters} clusters, fit {fit_s:.1f} s (router epochs: {nn.n_iter_})")
-    centroid = copy.copy(nn)
-    centroid._router = None  # the same clusters, routed by nearest centre
+    X, _ = make_embedding_like(EMBEDDING_TRAIN + EMBEDDING_QUERIES, random_state=0)
+    return X[:EMBEDDING_TRAIN], X[EMBEDDING_TRAIN:]
 
-    results = []
-    for name, est in (("mlp router", nn), ("centroid router", centroid)):
-        for n_probe in [n for n in PROBES if n <= n_clusters]:
-            est.search_params_ = {"n_probe": n_probe}
-            (dist, _), t = median_time(lambda est=est: est.kneighbors(X_test), args.repeats)
-            row = {"method": name, "n_probe": n_probe, "recall": recall_at_k(dist, true_dist),
-                   "candidates": est.mean_candidates(X_test, n_probe),
-                   "qps": len(X_test) / t, "fit_s": fit_s}
-            results.append(row)
-            log(f"  {name:<18} n_probe={n_probe:<3} recall={row['recall']:.4f} "
-                f"candidates={row['candidates']:8.0f} qps={row['qps']:8.0f}")
 
+def sweep_ours(name, nn, X_train, X_test, true_dist, efforts, repeats, fit_s):
+    rows = []
+    per_10k = 1e4 / len(X_test)
+    for params in efforts:
+        nn.search_params_ = params
+        (_, ind), t = median_time(lambda: nn.kneighbors(X_test), repeats)
+        dist = true_distances(X_train, X_test, ind)
+        probes, t_route = median_time(lambda: nn.route(X_test), repeats)
+        _, t_scan = median_time(lambda p=probes: nn.search_clusters(X_test, p), repeats)
+        sizes = np.bincount(nn.labels_, minlength=nn.n_clusters_)
+        candidates = np.where(probes >= 0, sizes[np.maximum(probes, 0)], 0).sum(1).mean()
+        row = {"method": name, "effort": params, "recall": recall_at_k(dist, true_dist),
+               "candidates": float(candidates), "qps": len(X_test) / t,
+               "route_ms_per_10k": 1e3 * t_route * per_10k,
+               "search_ms_per_10k": 1e3 * t_scan * per_10k, "fit_s": fit_s}
+        rows.append(row)
+        log(f"  {name:<22} {str(params):<22} recall={row['recall']:.4f} "
+            f"candidates={row['candidates']:7.0f} qps={row['qps']:8.0f} "
+            f"route={row['route_ms_per_10k']:6.1f} ms search={row['search_ms_per_10k']:6.1f} ms"
+            f" (per 10k)")
+    return rows
+
+
+def sweep_faiss(X_train, X_test, true_dist, k, n_lists, repeats):
     try:
         import faiss
     except ImportError:
         log("  faiss not installed: skipped")
-    else:
-        ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(X_train.shape[1]), X_train.shape[1],
-                                 n_clusters)
-        _, faiss_fit = median_time(lambda: (ivf.train(X_train), ivf.add(X_train)), 1)
-        sizes = np.array([ivf.invlists.list_size(i) for i in range(n_clusters)])
-        for n_probe in [n for n in PROBES if n <= n_clusters]:
-            ivf.nprobe = n_probe
-            (_, ind), t = median_time(lambda: ivf.search(X_test, k), args.repeats)
-            dist = Metric("euclidean").paired(X_test[:, None, :].astype(np.float64),
-                                             X_train[ind])
-            _, lists = ivf.quantizer.search(X_test, n_probe)
-            row = {"method": "faiss IVF-Flat", "n_probe": n_probe,
-                   "recall": recall_at_k(np.sort(dist, 1), true_dist),
-                   "candidates": float(sizes[lists].sum(1).mean()),
-                   "qps": len(X_test) / t, "fit_s": faiss_fit}
-            results.append(row)
-            log(f"  {'faiss IVF-Flat':<18} n_probe={n_probe:<3} recall={row['recall']:.4f} "
-                f"candidates={row['candidates']:8.0f} qps={row['qps']:8.0f}")
+        return []
+    X32 = np.ascontiguousarray(X_train, dtype=np.float32)
+    Q32 = np.ascontiguousarray(X_test, dtype=np.float32)
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(X32.shape[1]), X32.shape[1], n_lists)
+    ivf.cp.seed = 0
+    _, fit_s = median_time(lambda: (ivf.train(X32), ivf.add(X32)), 1)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(n_lists)])
+    rows = []
+    for n_probe in [n for n in PROBES if n <= n_lists]:
+        ivf.nprobe = n_probe
+        (_, ind), t = median_time(lambda: ivf.search(Q32, k), repeats)
+        dist = true_distances(X_train, X_test, ind)
+        _, lists = ivf.quantizer.search(Q32, n_probe)
+        row = {"method": "faiss IVF-Flat", "effort": {"nprobe": n_probe},
+               "recall": recall_at_k(dist, true_dist),
+               "candidates": float(sizes[lists].sum(1).mean()), "qps": len(X_test) / t,
+               "fit_s": fit_s}
+        rows.append(row)
+        log(f"  {'faiss IVF-Flat':<22} nprobe={n_probe:<15} recall={row['recall']:.4f} "
+            f"candidates={row['candidates']:7.0f} qps={row['qps']:8.0f}")
+    return rows
 
-    lines = [f"Fashion-MNIST {len(X_train)} x {len(X_test)} queries, k={k}, "
-             f"{n_clusters} clusters"]
-    by = {m: [r for r in results if r["method"] == m] for m in dict.fromkeys(
-        r["method"] for r in results)}
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        choices=["fashion-mnist", "embedding-like"])
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--n-clusters", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+
+    X_train, X_test = load(args.dataset)
+    k = args.k
+    true_dist, _ = exact_search(X_train, X_test, k, n_jobs=-1)
+    results, fits = [], {}
+    for name, params, efforts in (
+        ("default (graph + mlp)", {}, [{"probe_mass": m} for m in MASSES]),
+        ("centroid (k-means)", {"router": "centroid"}, [{"n_probe": n} for n in PROBES]),
+    ):
+        nn = ClusterFilteredKNN(n_neighbors=k, n_clusters=args.n_clusters, random_state=0,
+                                **params)
+        _, fit_s = median_time(lambda nn=nn: nn.fit(X_train), 1)
+        fits[name] = fit_s
+        n_clusters = nn.n_clusters_
+        log(f"{name}: {nn.partition_} partition, {n_clusters} clusters, fit {fit_s:.1f} s, "
+            f"router epochs {nn.n_iter_}")
+        efforts = [e for e in efforts if e.get("n_probe", 0) <= n_clusters]
+        results += sweep_ours(name, nn, X_train, X_test, true_dist, efforts, args.repeats,
+                              fit_s)
+    results += sweep_faiss(X_train, X_test, true_dist, k, n_clusters, args.repeats)
+
+    lines = [f"{args.dataset}: {len(X_train)} fitted x {len(X_test)} queries, k={k}, "
+             f"{n_clusters} clusters (lists), fit: "
+             + ", ".join(f"{m} {s:.1f} s" for m, s in fits.items())]
+    by = {m: [r for r in results if r["method"] == m]
+          for m in dict.fromkeys(r["method"] for r in results)}
+    summary = {}
     for method, rows in by.items():
-        c90 = at_recall(rows, 0.90, "candidates")
-        q95 = at_recall(rows, 0.95, "qps")
-        lines.append(f"  {method:<18} candidates at recall 0.90: "
-                     f"{'never' if c90 is None else f'{c90:8.0f}'}   queries/s at recall 0.95: "
-                     f"{'never' if q95 is None else f'{q95:8.0f}'}")
-    if "mlp router" in by and "centroid router" in by:
-        a = at_recall(by["mlp router"], 0.90, "candidates")
-        b = at_recall(by["centroid router"], 0.90, "candidates")
-        if a and b:
-            lines.append(f"  mlp / centroid candidates at recall 0.90: {a / b:.3f} (goal <= 0.67)")
+        c90, q95 = at_recall(rows, 0.90, "candidates"), at_recall(rows, 0.95, "qps")
+        summary[method] = {"candidates_at_0.90": c90, "qps_at_0.95": q95}
+        extra = ""
+        if "route_ms_per_10k" in rows[0]:
+            r95 = at_recall(rows, 0.95, "route_ms_per_10k")
+            s95 = at_recall(rows, 0.95, "search_ms_per_10k")
+            if r95 is not None:
+                extra = f"   at 0.95 per 10k queries: route {r95:.1f} ms, search {s95:.1f} ms"
+        lines.append(f"  {method:<22} candidates at recall 0.90: "
+                     f"{'never' if c90 is None else f'{c90:7.0f}'}   q/s at recall 0.95: "
+                     f"{'never' if q95 is None else f'{q95:8.0f}'}{extra}")
+    ours, base = summary.get("default (graph + mlp)"), summary.get("centroid (k-means)")
+    if ours and base and ours["candidates_at_0.90"] and base["candidates_at_0.90"]:
+        lines.append(f"  default / centroid candidates at 0.90: "
+                     f"{ours['candidates_at_0.90'] / base['candidates_at_0.90']:.3f} "
+                     "(goal <= 0.75)")
+    for peer, goal in (("centroid (k-means)", 1.2), ("faiss IVF-Flat", 1.5)):
+        other = summary.get(peer)
+        if ours and other and ours["qps_at_0.95"] and other["qps_at_0.95"]:
+            lines.append(f"  default / {peer} q/s at 0.95: "
+                         f"{ours['qps_at_0.95'] / other['qps_at_0.95']:.2f}x (goal >= {goal})")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
+            json.dump({"args": vars(args), "results": results, "summary": summary}, f,
+                      indent=1)
 
 
 if __name__ == "__main__":

@@ -48,15 +48,19 @@ _PYNNDESCENT_METRICS = {
 _HNSW_SPACES = {"euclidean": "l2", "sqeuclidean": "l2", "cosine": "l2"}
 
 
-def import_optional(module, extra):
-    """Import an optional dependency, or raise an ImportError naming its extra."""
+def import_optional(module, extra, purpose=None):
+    """Import an optional dependency, or raise an ImportError naming its extra.
+
+    ``purpose`` says what needs it (default: ``backend=<extra>``).
+    """
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        purpose = purpose or f"backend={extra!r}"
         raise ImportError(
-            f"backend={extra!r} needs the optional package {module!r}: install it with "
+            f"{purpose} needs the optional package {module!r}: install it with "
             f"pip install 'skknn[{extra}]' (or pip install {module})."
         ) from exc
 

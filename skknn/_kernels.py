@@ -151,9 +151,10 @@ def _compile():
             pos = child
 
     @jit
-    def scan_cells(Q, Z, z_sq, starts, probes, out):
+    def scan_cells(Q, Z, z_sq, starts, probes, out, heap_d):
         # Cell by cell, one matrix product of the cell's codes with every
-        # query probing it; each query keeps its n best in a max-heap.
+        # query probing it; each query keeps its n best in a max-heap (values
+        # in heap_d, positions in out).
         n_queries, n_probes = probes.shape
         n = out.shape[1]
         n_cells = starts.shape[0] - 1
@@ -173,7 +174,7 @@ def _compile():
                 if cell >= 0:
                     probing[filled[cell]] = i
                     filled[cell] += 1
-        heap_d = np.full((n_queries, n), np.inf, dtype=np.float32)
+        heap_d[:] = np.inf
         out[:] = -1
         for cell in range(n_cells):
             first, stop = starts[cell], starts[cell + 1]
@@ -197,7 +198,36 @@ def _compile():
                         hi[0] = first + b
                         sift_down(hd, hi, n)
 
-    return candidate_distances, scan_cells
+    @numba.njit(cache=True, nogil=True)
+    def order_by_mass(P, score, mass, out):
+        # Per query, clusters by decreasing score (ties: lower id first)
+        # until their probabilities P sum to mass; -1 after. A query that
+        # needs more than out.shape[1] clusters gets count -1.
+        n_queries, n_clusters = P.shape
+        width = out.shape[1]
+        counts = np.empty(n_queries, dtype=np.intp)
+        taken = np.zeros(n_clusters, dtype=np.bool_)
+        for i in range(n_queries):
+            taken[:] = False
+            out[i] = -1
+            total = 0.0
+            counts[i] = -1
+            for j in range(width):
+                best, best_score = -1, -np.inf
+                for c in range(n_clusters):
+                    if not taken[c] and score[i, c] > best_score:
+                        best, best_score = c, score[i, c]
+                if best < 0:  # only NaN or -inf scores left
+                    break
+                taken[best] = True
+                out[i, j] = best
+                total += P[i, best]
+                if total >= mass or j + 1 == n_clusters:
+                    counts[i] = j + 1
+                    break
+        return counts
+
+    return candidate_distances, scan_cells, order_by_mass
 
 
 def load():
@@ -205,12 +235,13 @@ def load():
 
     Returns
     -------
-    distances, scan : the re-ranking and the cell-scanning kernel.
+    distances, scan, by_mass : the re-ranking, cell-scanning and
+        probe-ordering kernels.
     """
     global _KERNEL
     with _LOCK:
         if _KERNEL is None:
-            distances, scan = _compile()
+            distances, scan, by_mass = _compile()
             # numba loads one specialisation per argument types on its first
             # call: do it here for every dtype used, not in a user's query.
             for dtype in (np.float32, np.float64):
@@ -218,8 +249,12 @@ def load():
                 distances(rows, rows, np.zeros((1, 1), dtype=np.intp), 0, 2.0, np.empty((1, 1)))
             codes = np.zeros((1, 1), dtype=np.float32)
             scan(codes, codes, np.zeros(1, dtype=np.float32), np.array([0, 1], dtype=np.intp),
-                 np.zeros((1, 1), dtype=np.intp), np.empty((1, 1), dtype=np.intp))
-            _KERNEL = distances, scan
+                 np.zeros((1, 1), dtype=np.intp), np.empty((1, 1), dtype=np.intp),
+                 np.empty((1, 1), dtype=np.float32))
+            for dtype in (np.float32, np.float64):
+                ones = np.ones((1, 1), dtype=dtype)
+                by_mass(ones, ones, 0.5, np.empty((1, 1), dtype=np.intp))
+            _KERNEL = distances, scan, by_mass
     return _KERNEL
 
 
@@ -272,12 +307,12 @@ def candidate_distances(metric, Q, X, candidates, n_jobs=1):
     return out
 
 
-def scan_cells(Q, Z, z_sq, starts, probes, n, n_jobs=1):
+def scan_cells(Q, Z, z_sq, starts, probes, n, n_jobs=1, return_values=False):
     """The ``n`` nearest codes of each query among those of its probed cells.
 
     Codes are ranked by ``|z|^2 - 2 q.z`` in float32, so they should be
-    centred (the inverted file stores them so): this only selects
-    candidates, which are then re-ranked exactly.
+    centred (the inverted file and the ranking rows of exact search are):
+    this only selects candidates, which are then re-ranked exactly.
 
     Parameters
     ----------
@@ -295,20 +330,55 @@ def scan_cells(Q, Z, z_sq, starts, probes, n, n_jobs=1):
         Codes to return per query.
     n_jobs : int
         Threads (slices of the queries run side by side).
+    return_values : bool
+        Also return the ranking values of the rows found.
 
     Returns
     -------
     rows : ndarray of shape (n_queries, n), intp
         Positions in ``Z`` (in no particular order); -1 where fewer than
         ``n`` codes were scanned.
+    values : ndarray of shape (n_queries, n), float32
+        Their values ``|z|^2 - 2 q.z`` (``inf`` where no row); only with
+        ``return_values``. Every row scanned but not returned has a value
+        at least ``values.max(axis=1)``.
     """
     kernel = load()[1]
     Q = np.ascontiguousarray(Q, dtype=np.float32)
     probes = np.ascontiguousarray(probes, dtype=np.intp)
     out = np.empty((len(Q), n), dtype=np.intp)
-    in_slices(lambda rows: kernel(Q[rows], Z, z_sq, starts, probes[rows], out[rows]),
+    values = np.empty((len(Q), n), dtype=np.float32)
+    in_slices(lambda rows: kernel(Q[rows], Z, z_sq, starts, probes[rows], out[rows],
+                                  values[rows]),
               len(Q), n_jobs)
-    return out
+    return (out, values) if return_values else out
+
+
+def order_by_mass(P, score, mass, width):
+    """Clusters to probe per query: by decreasing ``score`` until ``P`` sums to ``mass``.
+
+    Parameters
+    ----------
+    P : ndarray of shape (n_queries, n_clusters)
+        Probability of each cluster.
+    score : ndarray of shape (n_queries, n_clusters)
+        Order of preference (ties: lower cluster id first).
+    mass : float
+        Probability to reach.
+    width : int
+        Most clusters to look for per query.
+
+    Returns
+    -------
+    order : ndarray of shape (n_queries, width)
+        Cluster ids, best first, -1 after a query's last.
+    counts : ndarray of shape (n_queries,)
+        Clusters per query; -1 for a query that needs more than ``width``.
+    """
+    kernel = load()[2]
+    out = np.empty((len(P), width), dtype=np.intp)
+    counts = kernel(np.ascontiguousarray(P), np.ascontiguousarray(score), float(mass), out)
+    return out, counts
 
 
 def in_slices(run, n_queries, n_jobs):

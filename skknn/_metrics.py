@@ -213,8 +213,9 @@ class Space:
 
     * For the dot-product metrics, the ranking rows are
       ``float32((row - centre) * block_scale)`` (cosine: the float64 unit
-      rows in float32): centring removes the cancellation of the expanded
-      formula for data far from the origin, and the power-of-two
+      rows in float32; float32 rows subtract the float32 centre): centring
+      removes the cancellation of the expanded formula for data far from the
+      origin, and the power-of-two
       ``block_scale`` keeps float32 squares in range at any scale.
     * :attr:`tol`: ranking values computed from these rows are within
       ``tol * (|q|^2 + |x|^2) + _ABS_SLACK`` of the exact ranking value of
@@ -283,11 +284,23 @@ class Space:
         if not self.metric.is_dot_product:
             return data, None
         block = np.empty(data.shape, dtype=np.float32)
+        # Float32 rows are centred in float32, 4x faster: one rounding of
+        # x - centre, as in float64, and the centre's own rounding moves
+        # fitted rows and queries alike. The power-of-two scale is exact
+        # while it keeps float32 values normal.
+        in_float32 = data.dtype == np.float32 and self.centre is not None and (
+            2.0**-100 <= self.block_scale <= 2.0**100)
         # A query far beyond the fitted rows may overflow float32 here: its
         # squared norm is then inf, and searches compare it with every row
         # exactly (see _search._RANKABLE_SQ).
         with np.errstate(over="ignore", invalid="ignore"):
             for chunk in gen_batches(len(data), _ROW_CHUNK):
+                if in_float32:
+                    part = np.subtract(data[chunk], self.centre.astype(np.float32),
+                                       out=block[chunk])
+                    part *= np.float32(self.block_scale)
+                    if np.isfinite(part).all():
+                        continue
                 part = data[chunk].astype(np.float64)
                 if self.metric.name == "cosine":
                     part, _ = _unit_rows(part)

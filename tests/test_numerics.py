@@ -50,6 +50,9 @@ def exact_estimators(k, metric):
         LearnedNeighbors(k, embedder="passthrough", backend="brute", metric=metric),
         ClusterFilteredKNN(k, router="centroid", n_clusters=3, n_probe=3, metric=metric,
                            random_state=0),
+        # METIS parts and the learned router, probing every cluster by mass.
+        ClusterFilteredKNN(k, partition="graph", n_clusters=3, probe_mass=1.0, metric=metric,
+                           hidden_layer_sizes=(4,), epochs=1, random_state=0),
     ]
 
 
@@ -149,8 +152,9 @@ def test_rows_equal_but_for_their_last_bits():
     X = np.full((20, 1), 5.04109396e-307)
     X[3] = np.nextafter(X[3], 1.0)
     for est in exact_estimators(1, "euclidean"):
-        est.set_params(**({"n_clusters": 1, "n_probe": 1} if "n_probe" in est.get_params()
-                          else {}))
+        params = est.get_params()
+        est.set_params(**({"n_clusters": 1} if "n_clusters" in params else {}),
+                       **({"n_probe": 1} if params.get("n_probe") else {}))
         dist, ind = est.fit(X).kneighbors([[0.0]])
         # Squares of 5e-307 underflow in float64 (the documented limit): every
         # row is at distance 0 from the query, a tie, and any row is right.
