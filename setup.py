@@ -29,6 +29,10 @@ setup(
         "jaxlib",
         "pynndescent>=0.5.10",
         "numba>=0.57",
+        # METIS for ClusterFilteredKNN(partition='graph'), where pymetis has
+        # wheels (elsewhere: the 'graph' extra, which compiles it).
+        "pymetis>=2025.1; (sys_platform == 'linux' and platform_machine == 'x86_64') "
+        "or sys_platform == 'darwin'",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6"],
@@ -36,6 +40,7 @@ setup(
         "hnswlib": ["hnswlib"],
         "usearch": ["usearch"],
         "annoy": ["annoy"],
+        "graph": ["pymetis>=2025.1"],
         "bench": ["hnswlib", "faiss-cpu", "matplotlib>=3.6"],
         "lint": ["ruff"],
     },

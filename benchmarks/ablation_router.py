@@ -1,22 +1,26 @@
-"""Why the learned router does not beat centroid routing: partitions and routers.
+"""Partitions and routers: where ClusterFilteredKNN's candidates come from.
 
     python benchmarks/ablation_router.py [--partitions minibatch kmeans metis]
         [--hidden 256] [--label-neighbors 10] [--epochs 30] [--json FILE]
 
 Fashion-MNIST (60k fitted, 10k queries, k=10), one number of clusters. For
-each partition of the fitted points:
+each partition of the fitted points (given to ``ClusterFilteredKNN`` as
+``partition=labels``):
 
 * the share of 10-NN graph edges that cross parts (what no router can undo);
-* candidates per query needed for recall@10 = 0.90 (interpolated over
-  n_probe) when parts are ranked by an *oracle* (the number of the query's
-  true neighbours each part holds), by the nearest part mean ('centroid'),
-  and by ClusterFilteredKNN's 'mlp' router trained on that partition.
+* candidates per query needed for recall@10 = 0.90 (interpolated), when
+  parts are ranked by an *oracle* (the number of the query's true
+  neighbours each part holds), by the nearest part mean
+  (``router='centroid'``), by the 'mlp' router trained on that partition
+  with a fixed ``n_probe``, and with the 'mlp' router probing by
+  probability mass (``probe_mass``, the default effort).
 
 Recall is counted from the parts the true neighbours lie in, which is what an
 exact search inside the probed parts returns. Partitions: 'minibatch'
-(MiniBatchKMeans, the estimator's choice above 20k points), 'kmeans' (full
-KMeans), 'metis' (balanced min-cut partition of the symmetrised 10-NN graph;
-needs ``pip install pymetis``, skipped otherwise).
+(MiniBatchKMeans, ``router='centroid'``'s choice above 20k points), 'kmeans'
+(full KMeans), 'metis' (balanced min-cut partition of the symmetrised exact
+10-NN graph, as ``partition='graph'`` does on an approximate one; needs
+pymetis).
 """
 
 import argparse
@@ -32,33 +36,11 @@ from skknn._search import drop_self, exact_search
 from skknn.datasets import load_fashion_mnist
 
 PROBES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
+MASSES = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 
 
 def log(message):
     print(message, file=sys.stderr, flush=True)
-
-
-class _GivenPartition(ClusterFilteredKNN):
-    """The estimator with its partition and k-NN graph supplied (benchmark only)."""
-
-    def _partition(self, B, train_rows, rng):
-        self.labels_ = self.given_labels
-        self._centers = _part_means(B, self.labels_, self.n_clusters_).astype(np.float32)
-        self._centers_sqnorm = np.einsum("ij,ij->i", self._centers, self._centers)
-        self.cluster_centers_ = self._space.raw_of_block(self._centers)
-
-    def _soft_labels(self, rows):
-        m = self.n_label_neighbors
-        labels = np.zeros((len(rows), self.n_clusters_), dtype=np.float32)
-        np.add.at(labels, (np.arange(len(rows))[:, None],
-                           self.labels_[self.given_graph[rows, :m]]), 1.0 / m)
-        return labels
-
-
-def _part_means(X, labels, n_parts):
-    sums = np.zeros((n_parts, X.shape[1]))
-    np.add.at(sums, labels, X)
-    return sums / np.maximum(np.bincount(labels, minlength=n_parts), 1)[:, None]
 
 
 def _partition(name, X, graph, n_parts, seed):
@@ -71,30 +53,37 @@ def _partition(name, X, graph, n_parts, seed):
 
         return KMeans(n_parts, n_init=1, random_state=seed).fit(X).labels_
     import pymetis
+    from scipy.sparse import csr_matrix
 
-    adjacency = [set() for _ in range(len(X))]
-    for i, row in enumerate(graph[:, :10]):
-        for j in row:
-            adjacency[i].add(int(j))
-            adjacency[int(j)].add(i)
-    _, parts = pymetis.part_graph(n_parts, adjacency=[sorted(a) for a in adjacency])
+    n = len(X)
+    A = csr_matrix((np.ones(graph[:, :10].size), graph[:, :10].ravel(),
+                    np.arange(0, graph[:, :10].size + 1, 10)), shape=(n, n))
+    A = (A + A.T).tocsr()
+    A.setdiag(0)
+    A.eliminate_zeros()
+    A.sort_indices()
+    if hasattr(pymetis, "CSRAdjacency"):
+        _, parts = pymetis.part_graph(n_parts, adjacency=pymetis.CSRAdjacency(A.indptr, A.indices))
+    else:
+        _, parts = pymetis.part_graph(n_parts, xadj=A.indptr, adjncy=A.indices)
     return np.asarray(parts)
 
 
-def _candidates_at(labels, scores, true_ind, target=0.90):
-    """Mean candidates at recall ``target`` when parts are probed by ``scores``."""
-    sizes = np.bincount(labels, minlength=scores.shape[1])
-    order = np.argsort(-scores, axis=1, kind="stable")
+def _point(labels, probes, true_ind):
+    """(recall, mean candidates) of probing ``probes`` (-1: none)."""
+    sizes = np.bincount(labels)
     true_parts = labels[true_ind]
-    curve = []
-    for n_probe in PROBES:
-        probed = order[:, :n_probe]
-        recall = (true_parts[:, :, None] == probed[:, None, :]).any(axis=2).mean()
-        curve.append((float(recall), float(sizes[probed].sum(axis=1).mean())))
+    recall = (true_parts[:, :, None] == probes[:, None, :]).any(axis=2).mean()
+    candidates = np.where(probes >= 0, sizes[np.maximum(probes, 0)], 0).sum(axis=1).mean()
+    return float(recall), float(candidates)
+
+
+def _at(curve, target=0.90):
+    curve = sorted(curve)
     for (r0, c0), (r1, c1) in zip(curve, curve[1:]):
         if r0 <= target <= r1:
-            return c0 + (target - r0) / max(r1 - r0, 1e-12) * (c1 - c0), curve
-    return None, curve
+            return c0 + (target - r0) / max(r1 - r0, 1e-12) * (c1 - c0)
+    return None
 
 
 def main(argv=None):
@@ -130,30 +119,38 @@ def main(argv=None):
         oracle = np.zeros((len(X_test), n_parts))
         np.add.at(oracle, (np.arange(len(X_test))[:, None], labels[true_ind]), 1.0)
         oracle -= 1e-6 * sizes  # among equals, the smaller part first
-        means = _part_means(X, labels, n_parts)
-        # Minus squared distance to each part's mean, up to a per-query constant.
-        centroid = 2.0 * X_test @ means.T - np.einsum("ij,ij->i", means, means)
-        router = _GivenPartition(
-            n_clusters=n_parts, n_probe=1, hidden_layer_sizes=tuple(args.hidden),
-            n_label_neighbors=args.label_neighbors, epochs=args.epochs, random_state=0,
-            n_jobs=-1,
-        )
-        router.given_labels, router.given_graph = labels, graph
+        oracle_order = np.argsort(-oracle, axis=1, kind="stable")
+        kwargs = {"n_neighbors": 10, "partition": labels, "random_state": 0, "n_jobs": -1}
+        centroid = ClusterFilteredKNN(router="centroid", n_probe=1, **kwargs).fit(X)
         tic = time.perf_counter()
-        router.fit(X)
+        mlp = ClusterFilteredKNN(hidden_layer_sizes=tuple(args.hidden),
+                                 n_label_neighbors=args.label_neighbors, epochs=args.epochs,
+                                 **kwargs).fit(X)
         router_s = time.perf_counter() - tic
-        mlp = router._router(router._router_input(router._space.rows(X_test).block))
+        curves = {
+            "oracle": [_point(labels, oracle_order[:, :n], true_ind) for n in PROBES],
+            "centroid": [_point(labels, centroid.route(X_test, n), true_ind) for n in PROBES],
+            "mlp": [_point(labels, mlp.route(X_test, n), true_ind) for n in PROBES],
+        }
+        curves["mlp_mass"] = []
+        for mass in MASSES:
+            mlp.search_params_ = {"probe_mass": mass}
+            curves["mlp_mass"].append(_point(labels, mlp.route(X_test), true_ind))
         row = {"partition": name, "partition_s": part_s, "cut_share": cut,
                "size_min": int(sizes.min()), "size_max": int(sizes.max()),
-               "router_fit_s": router_s, "router_epochs": router.n_iter_}
-        for key, scores in (("oracle", oracle), ("centroid", centroid), ("mlp", mlp)):
-            row[f"{key}_candidates_at_0.90"], row[f"{key}_curve"] = _candidates_at(
-                labels, scores, true_ind)
+               "router_fit_s": router_s, "router_epochs": mlp.n_iter_}
+        for key, curve in curves.items():
+            row[f"{key}_candidates_at_0.90"], row[f"{key}_curve"] = _at(curve), curve
         rows.append(row)
+
+        def fmt(key, row=row):
+            value = row[f"{key}_candidates_at_0.90"]
+            return "never" if value is None else f"{value:.0f}"
+
         print(f"{name:<10} cut={cut:.3f} sizes {sizes.min()}-{sizes.max()}  candidates at "
-              f"recall 0.90: oracle {row['oracle_candidates_at_0.90']:.0f}  centroid "
-              f"{row['centroid_candidates_at_0.90']:.0f}  mlp {row['mlp_candidates_at_0.90']:.0f}"
-              f"  (partition {part_s:.0f} s, router {router_s:.0f} s)", flush=True)
+              f"recall 0.90: oracle {fmt('oracle')}  centroid {fmt('centroid')}  mlp "
+              f"{fmt('mlp')}  mlp by mass {fmt('mlp_mass')}  (partition {part_s:.0f} s, "
+              f"router fit {router_s:.0f} s)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": rows}, f, indent=1)

