@@ -26,7 +26,7 @@ from ._keras import (
     train,
     training_params,
 )
-from ._kernels import in_slices, order_by_mass, scan_cells
+from ._kernels import in_slices, order_by_mass, scan_cell_groups
 from ._metrics import resolve_metric
 from ._search import (
     _EXTRA_SELECTED,
@@ -745,11 +745,8 @@ class ClusterFilteredKNN(SearchBase):
         dists, inds = [], []
         for batch in query_batches(n_queries, self._query_batch):
             q, probes = rows_of(batch), clusters[batch]
-            dist, ind = stack_parts(in_slices(
-                lambda rows, q=q, probes=probes: self._probe_knn(q[rows], n_neighbors,
-                                                                 probes[rows]),
-                len(q), self._n_jobs,
-            ))
+            dist, ind = self._probe_knn(q.prepare(self._n_jobs), n_neighbors, probes,
+                                        self._n_jobs)
             dists.append(dist.astype(self._space.dtype))
             inds.append(self._space.to_ids(ind))
         if not dists:
@@ -779,23 +776,33 @@ class ClusterFilteredKNN(SearchBase):
         return np.concatenate([np.arange(self._offsets[c], self._offsets[c + 1])
                                for c in probes_row if c >= 0] or [np.empty(0, np.intp)])
 
-    def _probe_knn(self, q, k, probes):
-        """Top-``k`` of each query among the rows of its probed clusters (one thread).
+    def _probe_knn(self, q, k, probes, n_jobs=1):
+        """Top-``k`` of each query among the rows of its probed clusters.
 
         For the dot-product metrics a compiled scan ranks the rows of each
         cluster against all queries probing it with one float32 matrix
-        product and keeps ``k`` plus a few per query; the exact distances of
-        the ``k`` best then decide, unless a row ranked after them could,
-        within the ranking's error bound, beat the exact ``k``-th: then all
-        rows the scan kept are re-ranked, and if even a row it left out
-        could, all probed rows. Other metrics rank by exact distances,
-        cluster by cluster.
+        product and keeps ``k`` plus a few per query (threads split the
+        clusters); the exact distances of the ``k`` best then decide, unless
+        a row ranked after them could, within the ranking's error bound, beat
+        the exact ``k``-th: then all rows the scan kept are re-ranked, and if
+        even a row it left out could, all probed rows (threads split the
+        queries). Other metrics rank by exact distances, cluster by cluster.
         """
         space, fitted = self._space, self._space.fitted
         if not space.metric.is_dot_product:
-            return self._probe_knn_exact(q, k, probes)
-        found, values = scan_cells(q.block, fitted.block, self._block_sq32, self._offsets,
-                                   probes, k + _EXTRA_SELECTED, return_values=True)
+            return stack_parts(in_slices(
+                lambda rows: self._probe_knn_exact(q[rows], k, probes[rows]), len(q), n_jobs))
+        found, values = scan_cell_groups(q.block, fitted.block, self._block_sq32, self._offsets,
+                                         probes, k + _EXTRA_SELECTED, n_jobs)
+        return stack_parts(in_slices(
+            lambda rows: self._rerank_found(q[rows], k, probes[rows], found[rows],
+                                            values[rows]),
+            len(q), n_jobs,
+        ))
+
+    def _rerank_found(self, q, k, probes, found, values):
+        """Exact top-``k`` from the scan's rows and values (see :meth:`_probe_knn`)."""
+        space = self._space
         order = np.argsort(values, axis=1)
         found = np.take_along_axis(found, order, axis=1)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -843,12 +850,16 @@ class ClusterFilteredKNN(SearchBase):
         return _split_rows(len(q), qi[order], i[order], dist[order])
 
     def _knn(self, q, k, params, self_included=False):
-        def one(rows):
-            # Routing and search of a slice of the queries, in one thread.
-            part = q[rows]
-            return self._probe_knn(part, k, self._route(part.block, params))
+        q.prepare(self._n_jobs)
+        return self._probe_knn(q, k, self._routes(q, params), self._n_jobs)
 
-        return stack_parts(in_slices(one, len(q), self._n_jobs))
+    def _routes(self, q, params):
+        """:meth:`_route` of the queries, slices of them side by side."""
+        parts = in_slices(lambda rows: self._route(q[rows].block, params), len(q),
+                          self._n_jobs)
+        width = max(p.shape[1] for p in parts)
+        return np.vstack([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-1)
+                          for p in parts])
 
     def _radius(self, q, radius, params):
         def one(rows):

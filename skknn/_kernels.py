@@ -354,6 +354,48 @@ def scan_cells(Q, Z, z_sq, starts, probes, n, n_jobs=1, return_values=False):
     return (out, values) if return_values else out
 
 
+def scan_cell_groups(Q, Z, z_sq, starts, probes, n, n_jobs=1):
+    """:func:`scan_cells` with values, the threads splitting the cells, not the queries.
+
+    Each thread scans its group of consecutive cells (about equal work) for
+    every query, so each cell is one matrix product with *all* the queries
+    probing it: products twice as tall as with the queries split in two,
+    which runs them faster (measured on 784-d rows: 79 GFLOPS with 51 rows
+    per product, 123 with 135). Each query's results of the groups are then
+    merged; every row scanned but not returned still has a value at least
+    ``values.max(axis=1)`` (the ``n``-th smallest of a group holding ``n``
+    is at least the merged ``n``-th).
+
+    Returns
+    -------
+    rows, values : as :func:`scan_cells` with ``return_values=True``.
+    """
+    n_cells = len(starts) - 1
+    n_groups = max(1, min(n_jobs, n_cells, len(Q) // 64))
+    if n_groups == 1:
+        return scan_cells(Q, Z, z_sq, starts, probes, n, 1, return_values=True)
+    kernel = load()[1]
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
+    probes = np.ascontiguousarray(probes, dtype=np.intp)
+    valid = probes >= 0
+    work = np.bincount(probes[valid], minlength=n_cells) * np.diff(starts)
+    bounds = np.cumsum(work) * n_groups // max(int(work.sum()), 1)
+    group = np.minimum(bounds, n_groups - 1)  # of each cell, non-decreasing
+
+    def run(g):
+        mine = np.where(valid & (group[np.maximum(probes, 0)] == g), probes, -1)
+        out = np.empty((len(Q), n), dtype=np.intp)
+        values = np.empty((len(Q), n), dtype=np.float32)
+        kernel(Q, Z, z_sq, starts, mine, out, values)
+        return out, values
+
+    parts = run_in_threads(run, list(range(n_groups)), n_jobs)
+    rows = np.hstack([r for r, _ in parts])
+    values = np.hstack([v for _, v in parts])
+    best = np.argpartition(values, n - 1, axis=1)[:, :n]
+    return np.take_along_axis(rows, best, axis=1), np.take_along_axis(values, best, axis=1)
+
+
 def order_by_mass(P, score, mass, width):
     """Clusters to probe per query: by decreasing ``score`` until ``P`` sums to ``mass``.
 

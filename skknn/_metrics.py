@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.utils import gen_batches
 
-from ._kernels import preload
+from ._kernels import in_slices, preload
 
 _ALIASES = {
     "euclidean": "euclidean",
@@ -186,6 +186,21 @@ class Rows:
                 if self._block is None:
                     self._block, self._sq = self._make_block(self.data)
         return self._block, self._sq
+
+    def prepare(self, n_jobs=1):
+        """Compute the ranking form now, slices of the rows side by side.
+
+        Returns self; slices of it (``rows[i:j]``) then share the result.
+        """
+        if self._block is None and self._make_block is not None and len(self.data):
+            parts = in_slices(lambda rows: self._make_block(self.data[rows]), len(self.data),
+                              n_jobs)
+            with _RANKING_LOCK:
+                if self._block is None:
+                    self._block = np.vstack([b for b, _ in parts])
+                    self._sq = None if parts[0][1] is None else np.concatenate(
+                        [sq for _, sq in parts])
+        return self
 
     @property
     def block(self):

@@ -209,3 +209,41 @@ def test_the_kernel_is_loaded_by_fit_and_by_unpickling(tmp_path):
         out = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, *args], capture_output=True,
                              text=True, check=True, timeout=300)
         assert out.stdout.strip() == "True", out.stderr
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2, 3])
+def test_cell_scans_keep_the_nearest_and_bound_the_rest(n_jobs, rng):
+    from skknn._kernels import scan_cell_groups, scan_cells
+
+    Z = rng.randn(600, 5).astype(np.float32)
+    starts = np.array([0, 50, 50, 200, 260, 600])  # one cell empty
+    z_sq = np.einsum("ij,ij->i", Z, Z)
+    Q = rng.randn(300, 5).astype(np.float32)
+    probes = np.stack([rng.permutation(5)[:3] for _ in range(300)])
+    probes[::7, 2] = -1  # skipped
+    n = 12
+    for rows, values in (scan_cells(Q, Z, z_sq, starts, probes, n, n_jobs, return_values=True),
+                         scan_cell_groups(Q, Z, z_sq, starts, probes, n, n_jobs)):
+        for i in range(len(Q)):
+            scanned = np.sort(np.concatenate([np.arange(starts[c], starts[c + 1])
+                                              for c in probes[i] if c >= 0]))
+            exact = z_sq[scanned] - 2.0 * (Z[scanned] @ Q[i])
+            kept = rows[i][rows[i] >= 0]
+            assert len(kept) == min(n, len(scanned)) and set(kept) <= set(scanned)
+            assert_allclose(np.sort(values[i][: len(kept)]),
+                            np.sort(exact[np.searchsorted(scanned, kept)]), rtol=1e-5, atol=1e-5)
+            # Every row left out ranks at least as far as the last kept.
+            left = np.setdiff1d(scanned, kept)
+            if len(left):
+                left_values = exact[np.searchsorted(scanned, left)]
+                assert left_values.min() >= values[i].max() - 1e-5
+
+
+def test_ranking_rows_prepared_in_slices_equal_lazy_ones(rng):
+    X = (rng.randn(300, 7) + 1e4).astype(np.float32)
+    space = Space(resolve_metric("euclidean"), X)
+    Q = (rng.randn(200, 7) + 1e4).astype(np.float32)
+    lazy, prepared = space.rows(Q), space.rows(Q).prepare(n_jobs=2)
+    assert_array_equal(prepared.block, lazy.block)
+    assert_array_equal(prepared.sq, lazy.sq)
+    assert_array_equal(prepared[10:20].block, lazy.block[10:20])
