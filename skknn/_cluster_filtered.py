@@ -802,27 +802,29 @@ class ClusterFilteredKNN(SearchBase):
         if not len(q):
             return found[:, :k].astype(np.float64), found[:, :k]
         order = np.argsort(found[np.arange(len(q)), np.argmin(values, axis=1)], kind="stable")
-        q_sorted = q[order]
+        # Only the rows as given and their ranking norms are needed from here.
+        q_sorted, q_sq = self._space.rows(q.data[order]), q.sq[order]
         probes, found, values = probes[order], found[order], values[order]
         dist, ind = stack_parts(in_slices(
-            lambda rows: self._rerank_found(q_sorted[rows], k, probes[rows], found[rows],
-                                            values[rows]),
+            lambda rows: self._rerank_found(q_sorted[rows], q_sq[rows], k, probes[rows],
+                                            found[rows], values[rows]),
             len(q), n_jobs,
         ))
         dist[order], ind[order] = dist.copy(), ind.copy()
         return dist, ind
 
-    def _rerank_found(self, q, k, probes, found, values):
-        """Exact top-``k`` from the scan's rows and values (see :meth:`_probe_knn`)."""
+    def _rerank_found(self, q, q_sq, k, probes, found, values):
+        """Exact top-``k`` from the scan's rows and values (see :meth:`_probe_knn`);
+        ``q_sq`` are the squared norms of the queries' ranking rows."""
         space = self._space
         order = np.argsort(values, axis=1)
         found = np.take_along_axis(found, order, axis=1)
         with np.errstate(over="ignore", invalid="ignore"):
             # Ranking values of the rows found, ascending (inf: none).
-            ranking = q.sq[:, None] + np.take_along_axis(values, order, axis=1)
+            ranking = q_sq[:, None] + np.take_along_axis(values, order, axis=1)
             if space.metric.name == "cosine":
                 ranking /= 2.0  # 1 - cos = |q - x|^2 / 2 for unit rows
-        error = space.error(q.sq, self._sq_max)
+        error = space.error(q_sq, self._sq_max)
         dist, ind = rerank(space, q, found[:, :k], k)
         unsure = _unsure(space, dist, ranking[:, k], error)
         if len(unsure):
