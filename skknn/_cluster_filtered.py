@@ -435,23 +435,29 @@ class ClusterFilteredKNN(SearchBase):
             sample = np.sort(rng.choice(train_rows, _PCA_SAMPLE, replace=False))
         n_components = min(_GRAPH_COMPONENTS, B.shape[1], len(sample))
         self._log(f"PCA to {n_components} components")
-        with np.errstate(over="ignore", invalid="ignore"):
-            pca = PCA(n_components, random_state=draw_seed(rng))
-            pca.fit(B[sample].astype(np.float64))
-        if not np.isfinite(pca.components_).all():
-            raise ValueError("The fitted rows are beyond the range the router can be fitted on.")
-        self._pca_mean = pca.mean_
-        self._pca_axes = pca.components_.T.astype(np.float32)
+        # Standardised first: the rows of the metrics ranked by exact
+        # distances are the data as given, whose squares may overflow.
+        mean, scale = fit_scaling(B[sample])
+        pca = PCA(n_components, random_state=draw_seed(rng))
+        with np.errstate(divide="ignore", invalid="ignore"):  # constant rows: no variance
+            pca.fit((B[sample] - mean) / scale)
+        # (B - offset) @ axes = ((B - mean) / scale - pca.mean_) @ components.T
+        self._pca_offset = mean + scale * pca.mean_
+        self._pca_axes = pca.components_.T / scale
         codes = np.empty((len(B), n_components), dtype=np.float32)
         for rows in gen_batches(len(B), _QUERY_BATCH):
-            codes[rows] = self._project(B[rows], self._pca_axes, self._pca_mean)
+            codes[rows] = self._project(B[rows], self._pca_axes, self._pca_offset)
         return codes
 
     @staticmethod
     def _project(B, axes, offset):
-        """``(B - offset) @ axes`` in float32 (float64 for float64 rows)."""
+        """``(B - offset) @ axes`` as float32, computed in float32 for float32
+        rows (float64 for float64 rows, or axes beyond float32's range)."""
+        dtype = np.float32 if B.dtype == np.float32 and np.abs(axes).max() < 2.0**100 \
+            else np.float64
         with np.errstate(over="ignore", invalid="ignore"):
-            return ((B - offset.astype(B.dtype)) @ axes.astype(B.dtype)).astype(np.float32)
+            Z = (B.astype(dtype, copy=False) - offset.astype(dtype)) @ axes.astype(dtype)
+            return Z.astype(np.float32, copy=False)
 
     def _neighbor_graph(self, m, codes, rng):
         """The ``m`` nearest fitted rows of each fitted row (itself excluded).
@@ -595,8 +601,14 @@ class ClusterFilteredKNN(SearchBase):
         # standardisation is folded into the projection.
         n_inputs = min(_ROUTER_INPUTS, codes.shape[1])
         mean, scale = fit_scaling(codes[train_rows, :n_inputs])
-        self._router_axes = (self._pca_axes[:, :n_inputs] / scale).astype(np.float32)
+        self._router_axes = self._pca_axes[:, :n_inputs] / scale
         self._router_shift = (mean / scale).astype(np.float32)
+        if self._space.metric.is_dot_product:
+            # Ranking rows are centred and scaled: the projection of float32
+            # queries folds the offset in (see _router_input).
+            self._router_axes32 = self._router_axes.astype(np.float32)
+            self._router_bias32 = self._router_shift + (
+                self._pca_offset @ self._router_axes).astype(np.float32)
         inputs = self._router_input(B[train_rows])
         self._router_sqmax = max_sqnorm(inputs)
         model = build_mlp(
@@ -615,13 +627,13 @@ class ClusterFilteredKNN(SearchBase):
         """The router's inputs for ranking rows ``B``: standardised leading
         principal components, float32."""
         if B.dtype == np.float32 and self._space.metric.is_dot_product:
-            # Ranking rows are centred already: subtract the projected mean
+            # Ranking rows are centred already: subtract the projected offset
             # after the product, with no copy of B.
             with np.errstate(over="ignore", invalid="ignore"):
-                Z = B @ self._router_axes
-            Z -= self._router_shift + self._pca_mean.astype(np.float32) @ self._router_axes
+                Z = B @ self._router_axes32
+            Z -= self._router_bias32
             return Z
-        Z = self._project(B, self._router_axes, self._pca_mean)
+        Z = self._project(B, self._router_axes, self._pca_offset)
         Z -= self._router_shift
         return Z
 

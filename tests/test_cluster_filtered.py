@@ -445,3 +445,18 @@ def test_one_sample_and_too_many_neighbours():
     assert_array_equal(nn.kneighbors([[0.0, 0.0]])[1], [[0]])
     with pytest.raises(ValueError, match="n_neighbors <= n_samples_fit"):
         nn.kneighbors([[0.0, 0.0]], n_neighbors=2)
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e20), (np.float64, 5e149),
+                                          (np.float64, 1e-150)])
+def test_learned_router_at_extreme_scales(dtype, scale, rng):
+    # The rows of the metrics ranked by exact distances reach the PCA and the
+    # router as given: their squares overflow (or underflow) there.
+    X = (np.clip(rng.randn(300, 4), -3, 3) * scale).astype(dtype)
+    Q = X[:20] * dtype(1.01)
+    nn = ClusterFilteredKNN(5, metric="manhattan", n_clusters=6, random_state=0,
+                            **FAST_ROUTER).fit(X)
+    assert nn.n_iter_ >= 1 and 0.5 <= nn.recall_ <= 1.0
+    ref = NearestNeighbors(n_neighbors=5, metric="manhattan").fit(X).kneighbors(Q)[1]
+    nn.search_params_ = {"probe_mass": 1.0}
+    assert_array_equal(nn.kneighbors(Q)[1], ref)
