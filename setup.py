@@ -30,9 +30,10 @@ setup(
         "pynndescent>=0.5.10",
         "numba>=0.57",
         # METIS for ClusterFilteredKNN(partition='graph'), where pymetis has
-        # wheels (elsewhere: the 'graph' extra, which compiles it).
-        "pymetis>=2025.1; (sys_platform == 'linux' and platform_machine == 'x86_64') "
-        "or sys_platform == 'darwin'",
+        # wheels (CPython 3.10-3.13 on Linux x86-64 and macOS); elsewhere the
+        # 'graph' extra, which may compile it.
+        "pymetis>=2025.1; python_version < '3.14' and ((sys_platform == 'linux' "
+        "and platform_machine == 'x86_64') or sys_platform == 'darwin')",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6"],

@@ -197,9 +197,11 @@ class Rows:
                               n_jobs)
             with _RANKING_LOCK:
                 if self._block is None:
-                    self._block = np.vstack([b for b, _ in parts])
-                    self._sq = None if parts[0][1] is None else np.concatenate(
-                        [sq for _, sq in parts])
+                    if parts[0][1] is None:  # ranked by exact distances: the rows themselves
+                        self._block, self._sq = self.data, None
+                    else:
+                        self._block = np.vstack([b for b, _ in parts])
+                        self._sq = np.concatenate([sq for _, sq in parts])
         return self
 
     @property
