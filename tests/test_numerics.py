@@ -50,8 +50,9 @@ def exact_estimators(k, metric):
         LearnedNeighbors(k, embedder="passthrough", backend="brute", metric=metric),
         ClusterFilteredKNN(k, router="centroid", n_clusters=3, n_probe=3, metric=metric,
                            random_state=0),
-        # METIS parts and the learned router, probing every cluster by mass.
-        ClusterFilteredKNN(k, partition="graph", n_clusters=3, probe_mass=1.0, metric=metric,
+        # METIS parts (k-means cells without pymetis) and the learned router,
+        # probing every cluster by mass.
+        ClusterFilteredKNN(k, n_clusters=3, probe_mass=1.0, metric=metric,
                            hidden_layer_sizes=(4,), epochs=1, random_state=0),
     ]
 
