@@ -197,7 +197,7 @@ class ClusterFilteredKNN(SearchBase):
         Recall@n_neighbors measured at the end of ``fit`` against exact
         search, on up to 1,024 training points queried with themselves
         excluded; from 1,280 fitted points on they (a fifth at most) are
-        held out of k-means and router training (they stay in the index).
+        held out of the partition and router training (they stay in the index).
     search_params_ : dict
         The search effort in use: ``{'n_probe': n}``, or ``{'probe_mass': m}``
         for the 'mlp' router. Assign another (e.g. ``{'n_probe': 8}`` or
