@@ -527,10 +527,9 @@ class ClusterFilteredKNN(SearchBase):
             rows, cols = np.nonzero((graph[held_out] >= 0) & (their >= 0))
             np.add.at(votes, (rows, their[rows, cols]), 1.0)
             labels[held_out] = votes.argmax(axis=1)
-        # METIS may leave parts empty (tiny or disconnected graphs).
-        used, labels = np.unique(labels, return_inverse=True)
-        self.n_clusters_ = len(used)
-        return labels.astype(np.intp)
+        # METIS may leave parts empty (tiny or disconnected graphs): ids of
+        # the parts used, in order (n_clusters_ follows from them).
+        return np.unique(labels, return_inverse=True)[1].astype(np.intp)
 
     def _kmeans(self, B, train_rows, seed):
         full = len(train_rows) <= _FULL_KMEANS_UP_TO
@@ -583,10 +582,7 @@ class ClusterFilteredKNN(SearchBase):
     def _soft_labels(self, graph, rows):
         """Share of each row's graph neighbours that lies in each cluster."""
         labels = np.zeros((len(rows), self.n_clusters_), dtype=np.float32)
-        neighbors = None if graph is None else graph[rows]
-        if neighbors is None or neighbors.shape[1] == 0:
-            labels[np.arange(len(rows)), self.labels_[rows]] = 1.0
-            return labels
+        neighbors = graph[rows]
         valid = neighbors >= 0
         r, c = np.nonzero(valid)
         np.add.at(labels, (r, self.labels_[neighbors[r, c]]), 1.0)
@@ -668,8 +664,7 @@ class ClusterFilteredKNN(SearchBase):
             # Where the network only extrapolates: the nearest centres, every
             # cluster when probing by mass (exact search).
             width = n_probe or self.n_clusters_
-            if probes.shape[1] < width:
-                probes = np.hstack([probes, np.full((len(B), width - probes.shape[1]), -1)])
+            probes = _padded(probes, width)
             probes[lost] = self._centroid_route(B[lost], width)
         return probes
 
@@ -707,9 +702,7 @@ class ClusterFilteredKNN(SearchBase):
                  for batch in query_batches(n_queries, self._query_batch)]
         if not parts:
             return np.empty((0, params.get("n_probe", 0)), dtype=np.intp)
-        width = max(p.shape[1] for p in parts)
-        return np.vstack([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-1)
-                          for p in parts])
+        return _stack_padded(parts)
 
     # -------------------------------------------------------------- search
     def search_clusters(self, X, clusters, n_neighbors=None, return_distance=True):
@@ -881,11 +874,8 @@ class ClusterFilteredKNN(SearchBase):
 
     def _routes(self, q, params):
         """:meth:`_route` of the queries, slices of them side by side."""
-        parts = in_slices(lambda rows: self._route(q[rows].block, params), len(q),
-                          self._n_jobs)
-        width = max(p.shape[1] for p in parts)
-        return np.vstack([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-1)
-                          for p in parts])
+        return _stack_padded(in_slices(lambda rows: self._route(q[rows].block, params),
+                                       len(q), self._n_jobs))
 
     def _radius(self, q, radius, params):
         def one(rows):
@@ -942,6 +932,18 @@ class ClusterFilteredKNN(SearchBase):
         return float(sizes.sum(axis=1).mean())
 
 
+def _padded(probes, width):
+    """``probes`` with -1 columns appended up to ``width`` (as it is if wider)."""
+    missing = width - probes.shape[1]
+    return np.pad(probes, ((0, 0), (0, missing)), constant_values=-1) if missing > 0 else probes
+
+
+def _stack_padded(parts):
+    """Probes of query batches stacked, each padded with -1 to the widest."""
+    width = max(p.shape[1] for p in parts)
+    return np.vstack([_padded(p, width) for p in parts])
+
+
 def _unsure(space, dist, next_ranking, error):
     """Queries for which a row ranked ``next_ranking`` could, within ``error``,
     beat the exact ``k``-th distance (the last column of ``dist``)."""
@@ -959,7 +961,7 @@ def _probe_order(P, sizes, n_probe=None, mass=None):
     ``n_probe`` best. With ``mass``: the best until their probabilities sum
     to ``mass`` (every cluster for ``mass >= 1``), -1 after.
     """
-    n_queries, n_clusters = P.shape
+    n_clusters = P.shape[1]
     score = P / np.maximum(sizes, 1)  # an empty cluster costs nothing to probe
     ids = np.broadcast_to(np.arange(n_clusters), P.shape)
     if mass is not None and mass >= 1:
@@ -973,8 +975,7 @@ def _probe_order(P, sizes, n_probe=None, mass=None):
         full = _sorted_topk(-score[wide], ids[wide], n_clusters)[1]
         cum = np.cumsum(np.take_along_axis(P[wide], full, axis=1), axis=1)
         counts[wide] = np.minimum((cum < mass).sum(axis=1) + 1, n_clusters)
-        if counts.max() > order.shape[1]:
-            order = np.hstack([order, np.full((n_queries, counts.max() - order.shape[1]), -1)])
+        order = _padded(order, counts.max())
         order[wide] = np.where(np.arange(order.shape[1]) < counts[wide, None],
                                full[:, : order.shape[1]], -1)
     return order[:, : counts.max(initial=1)]
