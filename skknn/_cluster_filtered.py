@@ -8,13 +8,11 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from sklearn.base import _fit_context
 from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.decomposition import PCA
 from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import _QUERY_BATCH, SearchBase, query_batches
-from ._indexes import IVFIndex, import_optional
 from ._keras import (
     TRAINING_CONSTRAINTS,
     MLPWeights,
@@ -27,7 +25,7 @@ from ._keras import (
     training_params,
 )
 from ._kernels import in_slices, order_by_mass, scan_cell_groups
-from ._metrics import resolve_metric
+from ._partitions import exact_graph, metis_labels, neighbor_graph, principal_codes, project
 from ._search import (
     _EXTRA_SELECTED,
     _query_batches,
@@ -36,8 +34,6 @@ from ._search import (
     beyond_range,
     block_topk,
     block_within,
-    drop_self,
-    exact_kneighbors,
     join_parts,
     max_sqnorm,
     rerank,
@@ -45,19 +41,8 @@ from ._search import (
 )
 
 # Fitted points up to which plain KMeans partitions the data (MiniBatchKMeans
-# beyond), and up to which the k-NN graph (METIS's input and the router's
-# soft labels) is exact.
+# beyond).
 _FULL_KMEANS_UP_TO = 20_000
-_EXACT_GRAPH_UP_TO = 20_000
-# Beyond that the graph is approximate: principal components of the ranking
-# rows (fitted on a sample of at most _PCA_SAMPLE rows) searched by an
-# inverted file for _GRAPH_CANDIDATES candidates per neighbour, re-ranked
-# exactly. Measured on Fashion-MNIST (60k x 784, 10 neighbours, 2 cores):
-# ~8 s, and METIS on it cuts 29.3% of 10-NN pairs against 29.6% on the exact
-# graph (77 s to build).
-_GRAPH_COMPONENTS = 128
-_GRAPH_CANDIDATES = 3
-_PCA_SAMPLE = 20_000
 # The router's inputs: this many leading principal components. Measured on
 # Fashion-MNIST (245 METIS parts): candidates at recall@10 0.90 with 64
 # components 636, with all 784 inputs 647; routing 10k queries 18 ms vs 34 ms.
@@ -375,24 +360,30 @@ class ClusterFilteredKNN(SearchBase):
         # offsets nor extreme scales reach them.
         B = self._space.fitted.block
         learned = self.router == "mlp" and n_clusters > 1
-        codes = self._fit_projection(B, train_rows, rng) if learned or (
-            self.partition_ == "graph" and n_samples > _EXACT_GRAPH_UP_TO) else None
+        axes = codes = None
+        if learned or (self.partition_ == "graph" and not exact_graph(n_samples)):
+            self._log("principal components")
+            self._pca_offset, axes, codes = principal_codes(B, train_rows, rng)
         graph = None
         if learned or self.partition_ == "graph":
             m = min(self.n_label_neighbors, n_samples - 1)
-            graph = self._neighbor_graph(m, codes, rng) if m >= 1 else None
+            if m >= 1:
+                self._log(f"{m}-NN graph")
+                graph = neighbor_graph(self._space, m, codes, self._n_jobs, rng)
         if self.partition_ == "kmeans":
             self._kmeans(B, train_rows, partition_seed)
         else:
-            labels = given if given is not None else self._graph_partition(
-                graph, train_rows, partition_seed)
+            if given is None:
+                self._log(f"METIS into {n_clusters} parts")
+            labels = given if given is not None else metis_labels(
+                graph, train_rows, n_samples, n_clusters, partition_seed)
             self._set_clusters(B, labels)
         # From here on the space stores its rows cluster by cluster; B keeps
         # the original order.
         self._store_by_cluster()
         self.history_, self.n_iter_, self._router = None, 0, None
         if learned and self.n_clusters_ > 1:
-            self._train_router(B, codes, graph, train_rows, rng)
+            self._train_router(B, axes, codes, graph, train_rows, rng)
 
     def _given_labels(self, n_samples):
         """The cluster ids passed as ``partition``, checked; None for a method name."""
@@ -423,113 +414,6 @@ class ClusterFilteredKNN(SearchBase):
             available = importlib.util.find_spec("pymetis") is not None
             return "graph" if self.router == "mlp" and available else "kmeans"
         return self.partition
-
-    def _fit_projection(self, B, train_rows, rng):
-        """Principal components of the ranking rows; the codes of all rows.
-
-        They are the router's inputs (the leading ``_ROUTER_INPUTS``) and
-        the codes an approximate k-NN graph is searched with.
-        """
-        sample = train_rows
-        if len(sample) > _PCA_SAMPLE:
-            sample = np.sort(rng.choice(train_rows, _PCA_SAMPLE, replace=False))
-        n_components = min(_GRAPH_COMPONENTS, B.shape[1], len(sample))
-        self._log(f"PCA to {n_components} components")
-        # Standardised first: the rows of the metrics ranked by exact
-        # distances are the data as given, whose squares may overflow.
-        mean, scale = fit_scaling(B[sample])
-        pca = PCA(n_components, random_state=draw_seed(rng))
-        with np.errstate(divide="ignore", invalid="ignore"):  # constant rows: no variance
-            pca.fit((B[sample] - mean) / scale)
-        # (B - offset) @ axes = ((B - mean) / scale - pca.mean_) @ components.T
-        self._pca_offset = mean + scale * pca.mean_
-        self._pca_axes = pca.components_.T / scale
-        codes = np.empty((len(B), n_components), dtype=np.float32)
-        for rows in gen_batches(len(B), _QUERY_BATCH):
-            codes[rows] = self._project(B[rows], self._pca_axes, self._pca_offset)
-        return codes
-
-    @staticmethod
-    def _project(B, axes, offset):
-        """``(B - offset) @ axes`` as float32, computed in float32 for float32
-        rows (float64 for float64 rows, or axes beyond float32's range)."""
-        dtype = np.float32 if B.dtype == np.float32 and np.abs(axes).max() < 2.0**100 \
-            else np.float64
-        with np.errstate(over="ignore", invalid="ignore"):
-            Z = (B.astype(dtype, copy=False) - offset.astype(dtype)) @ axes.astype(dtype)
-            return Z.astype(np.float32, copy=False)
-
-    def _neighbor_graph(self, m, codes, rng):
-        """The ``m`` nearest fitted rows of each fitted row (itself excluded).
-
-        Exact up to ``_EXACT_GRAPH_UP_TO`` rows; beyond, candidates from an
-        inverted file over the principal-component ``codes``, re-ranked
-        exactly. Returns row numbers, shape ``(n_samples, m)`` (-1 where
-        fewer were found).
-        """
-        space, n = self._space, self.n_samples_fit_
-        if n <= _EXACT_GRAPH_UP_TO:
-            self._log(f"exact {m}-NN graph")
-            found = exact_kneighbors(space, space.fitted, m + 1, n_jobs=self._n_jobs)
-            return drop_self(*found, np.arange(n))[1]
-        self._log(f"approximate {m}-NN graph")
-        index = IVFIndex(resolve_metric("euclidean"), self._n_jobs, draw_seed(rng)).build(codes)
-
-        def one(rows):
-            candidates = index.query(codes[rows], _GRAPH_CANDIDATES * m + 1, 1)
-            return rerank(space, space.fitted[rows], candidates, m + 1)
-
-        graph = np.empty((n, m), dtype=np.intp)
-        for batch in gen_batches(n, _QUERY_BATCH):
-            found = stack_parts(in_slices(
-                lambda rows, b=batch: one(slice(b.start + rows.start, b.start + rows.stop)),
-                batch.stop - batch.start, self._n_jobs,
-            ))
-            graph[batch] = drop_self(*found, np.arange(batch.start, batch.stop))[1]
-        return graph
-
-    def _graph_partition(self, graph, train_rows, seed):
-        """Balanced parts of the training rows' k-NN graph (METIS).
-
-        Only edges between training rows count, so the held-out rows that
-        ``recall_`` is measured on do not shape the parts; they join the part
-        most of their neighbours are in, as a new point would.
-        """
-        pymetis = import_optional("pymetis", "graph", "partition='graph'")
-        n, n_parts = self.n_samples_fit_, self.n_clusters_
-        if n_parts == 1 or graph is None:
-            return np.zeros(n, dtype=np.intp)
-        position = np.full(n, -1, dtype=np.intp)
-        position[train_rows] = np.arange(len(train_rows))
-        neighbors = graph[train_rows]
-        to = position[np.maximum(neighbors, 0)]
-        keep = (neighbors >= 0) & (to >= 0)
-        frm = np.broadcast_to(np.arange(len(train_rows))[:, None], neighbors.shape)
-        A = csr_matrix((np.ones(keep.sum(), dtype=np.int8), (frm[keep], to[keep])),
-                       shape=(len(train_rows),) * 2)
-        A = (A + A.T).tocsr()
-        A.setdiag(0)
-        A.eliminate_zeros()
-        A.sort_indices()
-        self._log(f"METIS into {n_parts} parts")
-        options = pymetis.Options(seed=seed % 2**31)
-        if hasattr(pymetis, "CSRAdjacency"):  # pymetis >= 2025.2
-            graph_arg = {"adjacency": pymetis.CSRAdjacency(A.indptr, A.indices)}
-        else:
-            graph_arg = {"xadj": A.indptr, "adjncy": A.indices}
-        _, parts = pymetis.part_graph(n_parts, options=options, **graph_arg)
-        labels = np.full(n, -1, dtype=np.intp)
-        labels[train_rows] = np.asarray(parts, dtype=np.intp)
-        held_out = np.flatnonzero(labels < 0)
-        if len(held_out):
-            votes = np.zeros((len(held_out), n_parts))
-            their = labels[np.maximum(graph[held_out], 0)]
-            rows, cols = np.nonzero((graph[held_out] >= 0) & (their >= 0))
-            np.add.at(votes, (rows, their[rows, cols]), 1.0)
-            labels[held_out] = votes.argmax(axis=1)
-        # METIS may leave parts empty (tiny or disconnected graphs): ids of
-        # the parts used, in order (n_clusters_ follows from them).
-        return np.unique(labels, return_inverse=True)[1].astype(np.intp)
 
     def _kmeans(self, B, train_rows, seed):
         full = len(train_rows) <= _FULL_KMEANS_UP_TO
@@ -589,7 +473,7 @@ class ClusterFilteredKNN(SearchBase):
         labels /= np.maximum(valid.sum(axis=1), 1)[:, None]
         return labels
 
-    def _train_router(self, B, codes, graph, train_rows, rng):
+    def _train_router(self, B, axes, codes, graph, train_rows, rng):
         keras = import_keras()
         hidden = check_hidden_sizes(self.hidden_layer_sizes)
         targets = self._soft_labels(graph, train_rows)
@@ -597,7 +481,7 @@ class ClusterFilteredKNN(SearchBase):
         # standardisation is folded into the projection.
         n_inputs = min(_ROUTER_INPUTS, codes.shape[1])
         mean, scale = fit_scaling(codes[train_rows, :n_inputs])
-        self._router_axes = self._pca_axes[:, :n_inputs] / scale
+        self._router_axes = axes[:, :n_inputs] / scale
         self._router_shift = (mean / scale).astype(np.float32)
         if self._space.metric.is_dot_product:
             # Ranking rows are centred and scaled: the projection of float32
@@ -629,7 +513,7 @@ class ClusterFilteredKNN(SearchBase):
                 Z = B @ self._router_axes32
             Z -= self._router_bias32
             return Z
-        Z = self._project(B, self._router_axes, self._pca_offset)
+        Z = project(B, self._router_axes, self._pca_offset)
         Z -= self._router_shift
         return Z
 

@@ -14,6 +14,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from skknn import ClusterFilteredKNN
 from skknn import _cluster_filtered as cf_module
+from skknn import _partitions as partitions
 from skknn._search import recall_at_k
 
 from ._assertions import assert_same_neighbors, assert_same_radius, exact_problem
@@ -197,11 +198,13 @@ def test_neighbor_graph_exact_and_approximate(blobs, monkeypatch):
     nn = _in_row_order(X_train)
     rng = np.random.RandomState(0)
     expected = NearestNeighbors(n_neighbors=10).fit(X_train).kneighbors(return_distance=False)
-    assert_array_equal(np.sort(nn._neighbor_graph(10, None, rng), 1), np.sort(expected, 1))
+    graph = partitions.neighbor_graph(nn._space, 10, None, 1, rng)
+    assert_array_equal(np.sort(graph, 1), np.sort(expected, 1))
     # Beyond _EXACT_GRAPH_UP_TO rows: principal-component codes, re-ranked.
-    monkeypatch.setattr(cf_module, "_EXACT_GRAPH_UP_TO", 100)
-    codes = nn._fit_projection(nn._space.fitted.block, np.arange(len(X_train)), rng)
-    approx = nn._neighbor_graph(10, codes, rng)
+    monkeypatch.setattr(partitions, "_EXACT_GRAPH_UP_TO", 100)
+    _, _, codes = partitions.principal_codes(nn._space.fitted.block, np.arange(len(X_train)),
+                                             rng)
+    approx = partitions.neighbor_graph(nn._space, 10, codes, 1, rng)
     found = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, expected)])
     assert found >= 0.9, found
     assert not np.any(approx == np.arange(len(X_train))[:, None])  # never itself
