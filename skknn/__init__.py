@@ -8,6 +8,7 @@ from ._autoencoder import AutoencoderEmbedder
 from ._cluster_filtered import ClusterFilteredKNN
 from ._learned import LearnedNeighbors
 from ._metrics import SUPPORTED_METRICS
+from ._sharded import ShardedNeighbors, ShardLostError, setup_dask_workers
 from ._triplet import TripletEmbedder
 
 __version__ = "0.1.0.dev0"
@@ -17,6 +18,9 @@ __all__ = [
     "ClusterFilteredKNN",
     "LearnedNeighbors",
     "SUPPORTED_METRICS",
+    "ShardLostError",
+    "ShardedNeighbors",
     "TripletEmbedder",
     "__version__",
+    "setup_dask_workers",
 ]

@@ -95,7 +95,158 @@ def fit_atomically(estimator, fit, *args):
     return estimator
 
 
-class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+def array_bytes(obj, depth=6, _seen=None):
+    """Bytes of the NumPy arrays an object holds, through attributes and containers.
+
+    An estimator's ``__sizeof__``: Dask sizes the objects its workers hold
+    with it, to decide where tasks run (and when to spill); without it a
+    fitted index looks a few hundred bytes large and is copied freely.
+    """
+    seen = set() if _seen is None else _seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if depth == 0:
+        return 0
+    if isinstance(obj, dict):
+        return sum(array_bytes(v, depth - 1, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(array_bytes(v, depth - 1, seen) for v in obj)
+    attributes = getattr(obj, "__dict__", None)
+    return 0 if attributes is None else array_bytes(attributes, depth - 1, seen)
+
+
+class NeighborsGraphMixin(TransformerMixin):
+    """Graphs and the ``KNeighborsTransformer`` interface from ``kneighbors``
+    and ``radius_neighbors``; the class supplies those, ``n_neighbors``,
+    ``mode`` and ``n_samples_fit_``."""
+
+    def _check_n_neighbors(self, n_neighbors):
+        if n_neighbors is None:
+            return self.n_neighbors
+        if not isinstance(n_neighbors, numbers.Integral):
+            raise TypeError(
+                f"n_neighbors does not take {type(n_neighbors)} value, enter integer value"
+            )
+        if n_neighbors <= 0:
+            raise ValueError(f"Expected n_neighbors > 0. Got {n_neighbors}")
+        return int(n_neighbors)
+
+    def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
+        """Sparse graph of the k nearest neighbours of each query point.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features), default=None
+            The query points; the indexed points (each not its own neighbour)
+            if None.
+        n_neighbors : int, default=None
+            Number of neighbours; the constructor's ``n_neighbors`` if None.
+        mode : {'connectivity', 'distance'}, default='connectivity'
+            Edge weights: ones, or exact input-space distances.
+
+        Returns
+        -------
+        A : sparse matrix of shape (n_queries, n_samples_fit)
+            CSR matrix; ``A[i, j]`` is the weight of the edge from query ``i``
+            to fitted point ``j``.
+        """
+        check_is_fitted(self)
+        if mode not in ("connectivity", "distance"):
+            raise ValueError(
+                'Unsupported mode, must be one of "connectivity", '
+                f'or "distance" but got "{mode}" instead'
+            )
+        n_neighbors = self._check_n_neighbors(n_neighbors)
+        dist, ind = self.kneighbors(X, n_neighbors, return_distance=True)
+        data = np.ones(ind.size) if mode == "connectivity" else dist.ravel()
+        indptr = np.arange(0, ind.size + 1, n_neighbors)
+        return csr_matrix((data, ind.ravel(), indptr), shape=(len(ind), self.n_samples_fit_))
+
+    def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
+        """Sparse graph of the neighbours within ``radius`` of each query point.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features), default=None
+            The query points; the indexed points (each not its own neighbour)
+            if None.
+        radius : float, default=None
+            Limiting distance (inclusive); the constructor's ``radius`` if None.
+        mode : {'connectivity', 'distance'}, default='connectivity'
+            Edge weights: ones, or exact input-space distances.
+        sort_results : bool, default=False
+            Sort each row's entries by distance (``mode='distance'`` only).
+
+        Returns
+        -------
+        A : sparse matrix of shape (n_queries, n_samples_fit)
+            CSR matrix of the edges.
+        """
+        check_is_fitted(self)
+        if mode not in ("connectivity", "distance"):
+            raise ValueError(
+                'Unsupported mode, must be one of "connectivity", '
+                f'or "distance" but got "{mode}" instead'
+            )
+        dist, ind = self.radius_neighbors(
+            X, radius, return_distance=True, sort_results=sort_results and mode == "distance"
+        )
+        counts = np.array([len(i) for i in ind], dtype=np.intp)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        cols = np.concatenate(list(ind)) if len(ind) else np.empty(0, dtype=np.intp)
+        if mode == "connectivity":
+            data = np.ones(len(cols))
+        else:
+            data = np.concatenate(list(dist)) if len(dist) else np.empty(0)
+        return csr_matrix((data, cols, indptr), shape=(len(ind), self.n_samples_fit_))
+
+    def transform(self, X):
+        """The k-neighbours graph of ``X``, as ``KNeighborsTransformer`` does.
+
+        In ``mode='distance'`` each row holds ``n_neighbors + 1`` entries, so
+        that the graph still has ``n_neighbors`` neighbours per point when a
+        query is one of the fitted points (at distance zero from itself).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features)
+            The query points.
+
+        Returns
+        -------
+        Xt : sparse matrix of shape (n_queries, n_samples_fit)
+            CSR graph with edge weights given by ``mode``.
+        """
+        check_is_fitted(self)
+        add_one = self.mode == "distance"
+        return self.kneighbors_graph(X, mode=self.mode, n_neighbors=self.n_neighbors + add_one)
+
+    def fit_transform(self, X, y=None):
+        """Fit to ``X``, then return its k-neighbours graph (see :meth:`transform`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,), default=None
+            Passed on to ``fit``.
+
+        Returns
+        -------
+        Xt : sparse matrix of shape (n_samples, n_samples)
+            CSR graph with edge weights given by ``mode``.
+        """
+        return self.fit(X, y).transform(X)
+
+    @property
+    def _n_features_out(self):
+        return self.n_samples_fit_
+
+
+class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstimator):
     """Base class of the neighbours search estimators. Not for direct use."""
 
     _parameter_constraints: dict = {
@@ -117,6 +268,9 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     _EXACT_HINT = ""
     # Most queries searched at once (see query_batches).
     _query_batch = _QUERY_BATCH
+
+    def __sizeof__(self):
+        return object.__sizeof__(self) + array_bytes(self.__dict__)
 
     @property
     def _n_jobs(self):
@@ -153,6 +307,8 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self._space = Space(self._metric, X)
         rng = check_random_state(self.random_state)
         eval_rows, train_rows = self._recall_rows(X.shape[0], rng)
+        # Kept so that ShardedNeighbors measures its recall on rows no shard trained on.
+        self._eval_rows = eval_rows
         self._fit_index(X, y, train_rows, rng)
         # The kernel started loading with the space; queries must not wait.
         load_kernel()
@@ -273,17 +429,6 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             return np.empty((0, k)), np.empty((0, k), dtype=np.intp)
         return np.vstack(dists), np.vstack(inds)
 
-    def _check_n_neighbors(self, n_neighbors):
-        if n_neighbors is None:
-            return self.n_neighbors
-        if not isinstance(n_neighbors, numbers.Integral):
-            raise TypeError(
-                f"n_neighbors does not take {type(n_neighbors)} value, enter integer value"
-            )
-        if n_neighbors <= 0:
-            raise ValueError(f"Expected n_neighbors > 0. Got {n_neighbors}")
-        return int(n_neighbors)
-
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Find the k nearest neighbours of each query point.
 
@@ -323,37 +468,6 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             dist, ind = drop_self(dist, ind, np.arange(n_queries))
         dist = dist.astype(self._space.dtype)
         return (dist, ind) if return_distance else ind
-
-    def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
-        """Sparse graph of the k nearest neighbours of each query point.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features), default=None
-            The query points; the indexed points (each not its own neighbour)
-            if None.
-        n_neighbors : int, default=None
-            Number of neighbours; the constructor's ``n_neighbors`` if None.
-        mode : {'connectivity', 'distance'}, default='connectivity'
-            Edge weights: ones, or exact input-space distances.
-
-        Returns
-        -------
-        A : sparse matrix of shape (n_queries, n_samples_fit)
-            CSR matrix; ``A[i, j]`` is the weight of the edge from query ``i``
-            to fitted point ``j``.
-        """
-        check_is_fitted(self)
-        if mode not in ("connectivity", "distance"):
-            raise ValueError(
-                'Unsupported mode, must be one of "connectivity", '
-                f'or "distance" but got "{mode}" instead'
-            )
-        n_neighbors = self._check_n_neighbors(n_neighbors)
-        dist, ind = self.kneighbors(X, n_neighbors, return_distance=True)
-        data = np.ones(ind.size) if mode == "connectivity" else dist.ravel()
-        indptr = np.arange(0, ind.size + 1, n_neighbors)
-        return csr_matrix((data, ind.ravel(), indptr), shape=(len(ind), self.n_samples_fit_))
 
     def radius_neighbors(self, X=None, radius=None, return_distance=True, sort_results=False):
         """Find the neighbours within ``radius`` of each query point.
@@ -409,87 +523,6 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             dists[row], inds[row] = dists[row][keep], inds[row][keep]
         inds = _to_object_array(inds)
         return (_to_object_array(dists), inds) if return_distance else inds
-
-    def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
-        """Sparse graph of the neighbours within ``radius`` of each query point.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features), default=None
-            The query points; the indexed points (each not its own neighbour)
-            if None.
-        radius : float, default=None
-            Limiting distance (inclusive); the constructor's ``radius`` if None.
-        mode : {'connectivity', 'distance'}, default='connectivity'
-            Edge weights: ones, or exact input-space distances.
-        sort_results : bool, default=False
-            Sort each row's entries by distance (``mode='distance'`` only).
-
-        Returns
-        -------
-        A : sparse matrix of shape (n_queries, n_samples_fit)
-            CSR matrix of the edges.
-        """
-        check_is_fitted(self)
-        if mode not in ("connectivity", "distance"):
-            raise ValueError(
-                'Unsupported mode, must be one of "connectivity", '
-                f'or "distance" but got "{mode}" instead'
-            )
-        dist, ind = self.radius_neighbors(
-            X, radius, return_distance=True, sort_results=sort_results and mode == "distance"
-        )
-        counts = np.array([len(i) for i in ind], dtype=np.intp)
-        indptr = np.concatenate([[0], np.cumsum(counts)])
-        cols = np.concatenate(list(ind)) if len(ind) else np.empty(0, dtype=np.intp)
-        if mode == "connectivity":
-            data = np.ones(len(cols))
-        else:
-            data = np.concatenate(list(dist)) if len(dist) else np.empty(0)
-        return csr_matrix((data, cols, indptr), shape=(len(ind), self.n_samples_fit_))
-
-    # ------------------------------------------------------------ transform
-    def transform(self, X):
-        """The k-neighbours graph of ``X``, as ``KNeighborsTransformer`` does.
-
-        In ``mode='distance'`` each row holds ``n_neighbors + 1`` entries, so
-        that the graph still has ``n_neighbors`` neighbours per point when a
-        query is one of the fitted points (at distance zero from itself).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_queries, n_features)
-            The query points.
-
-        Returns
-        -------
-        Xt : sparse matrix of shape (n_queries, n_samples_fit)
-            CSR graph with edge weights given by ``mode``.
-        """
-        check_is_fitted(self)
-        add_one = self.mode == "distance"
-        return self.kneighbors_graph(X, mode=self.mode, n_neighbors=self.n_neighbors + add_one)
-
-    def fit_transform(self, X, y=None):
-        """Fit to ``X``, then return its k-neighbours graph (see :meth:`transform`).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data.
-        y : array-like of shape (n_samples,), default=None
-            Passed on to ``fit``.
-
-        Returns
-        -------
-        Xt : sparse matrix of shape (n_samples, n_samples)
-            CSR graph with edge weights given by ``mode``.
-        """
-        return self.fit(X, y).transform(X)
-
-    @property
-    def _n_features_out(self):
-        return self.n_samples_fit_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-HEAVY = ("keras", "jax", "pynndescent", "numba", "tensorflow", "torch")
+HEAVY = ("keras", "jax", "pynndescent", "numba", "tensorflow", "torch", "dask", "distributed")
 
 
 def _run(code, **env):

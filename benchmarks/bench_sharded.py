@@ -1,0 +1,233 @@
+"""ShardedNeighbors on a Dask LocalCluster against the same estimator in one process.
+
+    python benchmarks/bench_sharded.py [--n-samples 200000] [--n-features 128]
+        [--estimator cluster|learned] [--stream 2000000] [--json]
+
+Data: embedding-like vectors (:func:`skknn.datasets.make_embedding_like`),
+``--n-samples`` fitted rows and 10,000 queries; exact neighbours from a
+float64 brute force. Measured in one run, k = 10:
+
+* ``single``: the estimator in this process (all cores);
+* ``1 worker`` and ``2 workers``: ``ShardedNeighbors(estimator, n_shards=2)``
+  on a ``LocalCluster`` with one thread per worker (the same two shards, so
+  that the work is the same and only the workers differ), after
+  :func:`skknn.setup_dask_workers`.
+
+For each: fit seconds, and over the search efforts queries/s and recall@10;
+the table gives q/s at the cheapest effort reaching ``--recall``, and the
+peak resident memory of each worker process. Then ``--stream`` query rows as
+a dask array (generated on the workers, 50,000 rows a chunk) are searched
+lazily and reduced, with the workers' memory sampled every 0.2 s: flat memory
+means the peak does not grow with the number of rows streamed (printed at a
+quarter and at all of them).
+"""
+
+import argparse
+import json
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+
+K = 10
+
+
+def _log(message):
+    print(f"[sharded] {message}", file=sys.stderr, flush=True)
+
+
+def _estimator(name):
+    from skknn import ClusterFilteredKNN, LearnedNeighbors
+
+    if name == "cluster":
+        return ClusterFilteredKNN(n_neighbors=K, random_state=0)
+    return LearnedNeighbors(n_neighbors=K, random_state=0)
+
+
+def _efforts(estimator):
+    """The effort grid of the fitted estimator (``_search_efforts``)."""
+    return list(estimator._search_efforts())
+
+
+def _recall(ind, dist, exact_dist):
+    from skknn._search import recall_at_k
+
+    # Distances come back in the data's dtype (float32): ties within its rounding count.
+    return recall_at_k(dist, exact_dist, rtol=4 * float(np.finfo(dist.dtype).eps))
+
+
+def _sweep(search, set_effort, efforts, Q, exact_dist, repeats=3):
+    """(effort, recall, q/s) over the efforts, stopping past recall 0.995."""
+    rows = []
+    for effort in efforts:
+        set_effort(effort)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            dist, ind = search(Q)
+            times.append(time.perf_counter() - start)
+        recall = _recall(ind, dist, exact_dist)
+        rows.append((effort, recall, len(Q) / float(np.median(times))))
+        _log(f"  {effort} recall={recall:.4f} q/s={rows[-1][2]:,.0f}")
+        if recall >= 0.995:
+            break
+    return rows
+
+
+def _at_recall(rows, target):
+    for effort, recall, qps in rows:
+        if recall >= target:
+            return {"effort": effort, "recall": recall, "qps": qps}
+    return None
+
+
+def _worker_peaks(client):
+    import resource
+
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    return sorted(client.run(peak).values())
+
+
+def _worker_rss(client):
+    def rss():
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+
+    return client.run(rss)
+
+
+def _sharded(n_workers, estimator, X, Q, exact_dist, args):
+    from distributed import Client, LocalCluster
+
+    from skknn import ShardedNeighbors, setup_dask_workers
+
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None, memory_limit="8GiB") as cluster, \
+            Client(cluster) as client:
+        setup_dask_workers(client)
+        start = time.perf_counter()
+        sharded = ShardedNeighbors(estimator, n_shards=2, client=client).fit(X)
+        fit_s = time.perf_counter() - start
+        _log(f"{n_workers} worker(s): fit {fit_s:.1f} s, recall_={sharded.recall_:.4f}")
+        efforts = list(zip(*[s._search_efforts() for s in sharded.gather_shards()]))
+
+        def set_effort(effort):
+            sharded.search_params_ = list(effort)
+
+        rows = _sweep(sharded.kneighbors, set_effort, efforts, Q, exact_dist)
+        result = {"fit_s": fit_s, "sweep": [(e[0], r, q) for e, r, q in rows],
+                  "at_recall": _at_recall([(e[0], r, q) for e, r, q in rows], args.recall),
+                  "peak_rss_mb_per_worker": _worker_peaks(client)}
+        if n_workers == 2 and args.stream:
+            chosen = result["at_recall"] or {"effort": rows[-1][0][0]}
+            sharded.search_params_ = [chosen["effort"]] * 2
+            result["stream"] = _stream(client, sharded, X.shape[1], args.stream)
+        return result
+
+
+def _stream(client, sharded, n_features, n_rows):
+    """Search ``n_rows`` lazily generated queries; sample the workers' memory."""
+    import dask
+    import dask.array as da
+
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append((time.perf_counter(), sum(_worker_rss(client).values())))
+            time.sleep(0.2)
+
+    baseline = sum(_worker_rss(client).values())
+    thread = threading.Thread(target=sample, daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    Q = da.random.RandomState(1).standard_normal((n_rows, n_features), chunks=(50_000, -1))
+    Q = (Q / da.linalg.norm(Q, axis=1, keepdims=True)).astype(np.float32)
+    dist, ind = sharded.kneighbors(Q)
+    mean_dist, max_ind = dask.compute(dist.mean(), ind.max())
+    took = time.perf_counter() - start
+    stop.set()
+    thread.join()
+    times = np.array([t - start for t, _ in samples])
+    rss = np.array([m for _, m in samples])
+    quarter = rss[times <= took / 4]
+    out = {"rows": n_rows, "seconds": took, "qps": n_rows / took,
+           "baseline_mb": baseline, "peak_mb_first_quarter": float(quarter.max()),
+           "peak_mb": float(rss.max()), "check": [float(mean_dist), int(max_ind)]}
+    _log(f"stream: {n_rows:,} rows in {took:.1f} s ({out['qps']:,.0f} q/s); workers' memory "
+         f"{baseline:.0f} MB at rest, peak {out['peak_mb_first_quarter']:.0f} MB in the first "
+         f"quarter, {out['peak_mb']:.0f} MB overall")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-samples", type=int, default=200_000)
+    parser.add_argument("--n-features", type=int, default=128)
+    parser.add_argument("--estimator", choices=["cluster", "learned"], default="cluster")
+    parser.add_argument("--recall", type=float, default=0.95)
+    parser.add_argument("--stream", type=int, default=2_000_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+
+    from sklearn.neighbors import NearestNeighbors
+
+    from skknn.datasets import make_embedding_like
+
+    data, _ = make_embedding_like(args.n_samples + 10_000, args.n_features, random_state=0)
+    data = data.astype(np.float32)
+    X, Q = data[:args.n_samples], data[args.n_samples:]
+    exact_dist = NearestNeighbors(n_neighbors=K, algorithm="brute").fit(
+        X.astype(np.float64)).kneighbors(Q.astype(np.float64))[0]
+    results = {}
+
+    estimator = _estimator(args.estimator)
+    start = time.perf_counter()
+    single = _estimator(args.estimator).fit(X)
+    fit_s = time.perf_counter() - start
+    _log(f"single process: fit {fit_s:.1f} s, recall_={single.recall_:.4f}")
+
+    def set_effort(effort):
+        single.search_params_ = effort
+
+    rows = _sweep(single.kneighbors, set_effort, _efforts(single), Q, exact_dist)
+    results["single"] = {"fit_s": fit_s, "sweep": rows,
+                         "at_recall": _at_recall(rows, args.recall)}
+    for n_workers in (1, 2):
+        results[f"{n_workers} worker"] = _sharded(n_workers, estimator, X, Q, exact_dist, args)
+
+    if args.json:
+        print(json.dumps(results, default=str))
+        return
+    print(f"{args.n_samples:,} x {args.n_features} embedding-like, k={K}, "
+          f"{type(estimator).__name__}; q/s at recall >= {args.recall}")
+    print(f"{'':<12} {'fit s':>7} {'q/s':>9} {'recall':>7}  effort   peak RSS per worker (MB)")
+    for name, res in results.items():
+        point = res["at_recall"] or {}
+        peaks = " / ".join(f"{p:.0f}" for p in res.get("peak_rss_mb_per_worker", []))
+        print(f"{name:<12} {res['fit_s']:>7.1f} {point.get('qps', float('nan')):>9,.0f} "
+              f"{point.get('recall', float('nan')):>7.4f}  {point.get('effort')}  {peaks}")
+    one, two, single = results["1 worker"], results["2 worker"], results["single"]
+    if one["at_recall"] and two["at_recall"]:
+        wall = lambda r: r["fit_s"] + 1e4 / r["at_recall"]["qps"]  # noqa: E731
+        print(f"2 workers / 1 worker wall time (fit + 10k queries): "
+              f"{wall(two) / wall(one):.2f}x  (fit {two['fit_s'] / one['fit_s']:.2f}x, "
+              f"query {one['at_recall']['qps'] / two['at_recall']['qps']:.2f}x)")
+    if two["at_recall"] and single["at_recall"]:
+        print(f"2 workers q/s / single process q/s: "
+              f"{two['at_recall']['qps'] / single['at_recall']['qps']:.2f}x")
+    if "stream" in two:
+        s = two["stream"]
+        print(f"stream {s['rows']:,} rows: {s['qps']:,.0f} q/s; workers' memory at rest "
+              f"{s['baseline_mb']:.0f} MB, peak {s['peak_mb_first_quarter']:.0f} MB (first "
+              f"quarter) / {s['peak_mb']:.0f} MB (all)")
+
+
+if __name__ == "__main__":
+    main()

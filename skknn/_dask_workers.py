@@ -1,0 +1,80 @@
+"""Preparing Dask workers for skknn tasks: thread limits and a one-time warm-up.
+
+Imported only by :func:`skknn.setup_dask_workers` (it needs ``distributed``).
+"""
+
+import os
+import time
+import warnings
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+_XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+_WARM_UPS = ("keras", "kernels", "pynndescent")
+# Seconds each part took in this process, once.
+_DONE = {}
+
+
+def _limit_threads():
+    """One thread per task for XLA (JAX), numba and BLAS, in this process.
+
+    Dask runs one task per worker thread; a task that used every core of the
+    machine would compete with the worker's other tasks. The nanny sets the
+    BLAS and OpenMP variables to 1 (skknn's compiled search reads
+    ``OMP_NUM_THREADS``); XLA and numba read theirs when first used.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {_XLA_ONE_THREAD}".strip()
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+
+def warm_up(parts):
+    """Pay the start-up of ``parts`` in this process, once; the seconds each took."""
+    import numpy as np
+
+    rng = np.random.RandomState(0)
+    X = rng.rand(300, 8).astype(np.float32)
+    for part in parts:
+        if part in _DONE:
+            continue
+        start = time.perf_counter()
+        if part == "keras":
+            from ._cluster_filtered import ClusterFilteredKNN
+
+            # Imports keras and its backend, initialises the device, and
+            # traces a training step like a router's.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # two epochs do not converge
+                ClusterFilteredKNN(n_clusters=4, partition="kmeans", epochs=2,
+                                   random_state=0).fit(X)
+        elif part == "kernels":
+            from ._kernels import load
+
+            load()
+        elif part == "pynndescent":
+            from ._learned import LearnedNeighbors
+
+            LearnedNeighbors(embedder="passthrough", backend="pynndescent",
+                             random_state=0).fit(X).kneighbors(X[:10])
+        _DONE[part] = time.perf_counter() - start
+    return {part: _DONE[part] for part in parts}
+
+
+class SkknnWorkerSetup(WorkerPlugin):
+    """Thread limits, then a one-time warm-up, when a worker starts.
+
+    Registered by :func:`skknn.setup_dask_workers`; a worker that (re)starts
+    later runs it too.
+    """
+
+    name = "skknn-setup"
+
+    def __init__(self, warm_up=("keras", "kernels")):
+        self.warm_up = tuple(warm_up)
+
+    def setup(self, worker):
+        _limit_threads()
+        worker.skknn_warm_up = warm_up(self.warm_up)

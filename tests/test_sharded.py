@@ -1,0 +1,293 @@
+"""ShardedNeighbors on a real LocalCluster (worker processes): exactness, API, faults."""
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.base import clone
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from sklearn.pipeline import make_pipeline
+
+from skknn import ClusterFilteredKNN, LearnedNeighbors, ShardedNeighbors, ShardLostError
+
+from ._assertions import assert_same_neighbors, assert_same_radius, exact_problem
+from .conftest import make_blobs_data
+from .test_learned import METRICS, search_problems
+
+distributed = pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning",
+    # Dask's own notices when workers are killed or clusters closed.
+    "ignore::UserWarning:distributed",
+    "ignore::RuntimeWarning:distributed",
+)
+
+
+def _cluster(n_workers=2):
+    return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                    dashboard_address=None)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with _cluster() as cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+def exact_learned(**kwargs):
+    return LearnedNeighbors(embedder="passthrough", backend="brute", **kwargs)
+
+
+def exact_cluster(k, n_clusters=3, **kwargs):
+    return ClusterFilteredKNN(k, router="centroid", partition="kmeans", n_clusters=n_clusters,
+                              n_probe=n_clusters, random_state=0, **kwargs)
+
+
+@pytest.mark.parametrize("metric, kwargs, ref_name", METRICS[::2])
+@settings(max_examples=8)
+@given(problem=search_problems(), query_is_train=st.booleans(), n_shards=st.integers(1, 4),
+       cluster_filtered=st.booleans())
+def test_exact_settings_merge_to_brute_force(client, metric, kwargs, ref_name, problem,
+                                             query_is_train, n_shards, cluster_filtered):
+    if (prepared := exact_problem(problem, metric, query_is_train)) is None:
+        return
+    X, Q, k = prepared
+    n_shards = min(n_shards, len(X))
+    smallest_shard = len(X) // n_shards
+    estimator = (exact_cluster(k, min(3, smallest_shard), metric=metric, **kwargs)
+                 if cluster_filtered
+                 else exact_learned(n_neighbors=k, metric=metric, **kwargs))
+    ours = ShardedNeighbors(estimator, n_shards=n_shards, client=client).fit(X)
+    ref = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=metric, **kwargs).fit(X)
+    scale = np.linalg.norm(X if Q is None else np.vstack([X, Q]), axis=1).max()
+    dist, ind = ours.kneighbors(Q)
+    assert_same_neighbors(dist, ind, *ref.kneighbors(Q), scale=scale)
+    assert ours.recall_ == 1.0 and ours.n_shards_ == n_shards
+    radius = float(np.median(dist))
+    r_dist, r_ind = ours.radius_neighbors(Q, radius=radius, sort_results=True)
+    assert all(np.all(np.diff(d) >= 0) for d in r_dist)
+    assert_same_radius(r_dist, r_ind, *ref.radius_neighbors(Q, radius=radius), radius, scale)
+
+
+def test_shards_hold_contiguous_rows_and_answer_with_global_rows(client, rng):
+    X = rng.randn(403, 5)
+    ours = ShardedNeighbors(exact_learned(n_neighbors=4), n_shards=3, client=client).fit(X)
+    assert_array_equal(ours.shard_offsets_, [0, 135, 269, 403])
+    shards = ours.gather_shards()
+    assert [s.n_samples_fit_ for s in shards] == [135, 134, 134]
+    assert_array_equal(shards[2]._space.fitted_rows(np.arange(134)).data, X[269:])
+    # A query equal to a row of the last shard finds that row first.
+    assert ours.kneighbors(X[[300, 5]], 1, return_distance=False).ravel().tolist() == [300, 5]
+
+
+def test_float32_dtype_graphs_and_transform(client, rng):
+    X = rng.rand(200, 6).astype(np.float32)
+    ours = ShardedNeighbors(exact_learned(n_neighbors=3, mode="distance"), n_shards=2,
+                            client=client).fit(X)
+    ref = NearestNeighbors(n_neighbors=3).fit(X)
+    dist, ind = ours.kneighbors(X[:20])
+    assert dist.dtype == np.float32 and ind.dtype == np.intp
+    graph = ours.kneighbors_graph(X[:20], mode="distance")
+    assert graph.shape == (20, 200)
+    assert_allclose(graph.toarray(), ref.kneighbors_graph(X[:20], mode="distance").toarray(),
+                    atol=1e-6)
+    # transform: n_neighbors + 1 per row in 'distance' mode, as KNeighborsTransformer.
+    assert ours.transform(X[:5]).nnz == 5 * 4
+    assert ours.fit_transform(X).shape == (200, 200)
+    assert_array_equal(ours.radius_neighbors_graph(X[:5], radius=0.3).toarray(),
+                       ref.radius_neighbors_graph(X[:5], radius=0.3).toarray())
+
+
+def test_dask_array_fit_and_lazy_dask_queries(client, rng):
+    X, Q = rng.randn(500, 8), rng.randn(300, 8)
+    Xd = da.from_array(X, chunks=(70, 4))
+    Qd = da.from_array(Q, chunks=(64, 8))
+    ours = ShardedNeighbors(exact_learned(n_neighbors=5), n_shards=3, client=client).fit(Xd)
+    assert ours.n_features_in_ == 8 and ours.n_samples_fit_ == 500
+    dist, ind = ours.kneighbors(Qd)
+    assert isinstance(dist, da.Array) and isinstance(ind, da.Array)
+    assert ind.shape == (300, 5) and ind.chunks[0] == Qd.chunks[0]
+    ref_dist, ref_ind = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(Q)
+    assert_same_neighbors(dist.compute(), ind.compute(), ref_dist, ref_ind)
+    np_dist, np_ind = ours.kneighbors(Q)
+    assert_array_equal(np_ind, ind.compute())
+    with pytest.raises(TypeError, match="kneighbors, which gives dask arrays"):
+        ours.kneighbors_graph(Qd)
+    with pytest.raises(ValueError, match="expecting 8 features"):
+        ours.kneighbors(da.zeros((5, 3), chunks=5))
+
+
+def test_recall_and_target_recall_hold_across_shards(client):
+    X = make_blobs_data(n_samples=3000, n_features=16, centers=30)
+    Q = make_blobs_data(n_samples=3300, n_features=16, centers=30)[3000:]
+    estimator = ClusterFilteredKNN(10, router="centroid", n_clusters=24, target_recall=0.9,
+                                   random_state=0)
+    ours = ShardedNeighbors(estimator, n_shards=2, client=client).fit(X)
+    assert ours.recall_ >= 0.9
+    assert len(ours.search_params_) == 2
+    assert all(set(p) == {"n_probe"} for p in ours.search_params_)
+    # The measured recall is that of the merged answer on new points too.
+    dist = ours.kneighbors(Q)[0]
+    ref = NearestNeighbors(n_neighbors=10).fit(X).kneighbors(Q)[0]
+    true_recall = np.mean(dist <= ref[:, -1:] * (1 + 1e-9))
+    assert abs(true_recall - ours.recall_) < 0.05
+    # Each shard alone would be measured on its own rows; the shards were
+    # fitted without target_recall: the merged answer chose the effort.
+    assert [s.target_recall for s in ours.gather_shards()] == [None, None]
+
+
+def test_clone_params_pipeline_and_n_neighbors_errors(client, rng):
+    X = rng.randn(120, 4)
+    y = (X[:, 0] > 0).astype(int)
+    sharded = ShardedNeighbors(exact_learned(n_neighbors=5, mode="distance"), n_shards=2,
+                               client=client)
+    copy = clone(sharded)
+    assert copy.client is client and copy.estimator is not sharded.estimator
+    copy.set_params(estimator__n_neighbors=3)
+    assert copy.n_neighbors == 3 and sharded.n_neighbors == 5
+    pipe = make_pipeline(sharded, KNeighborsClassifier(n_neighbors=5, metric="precomputed"))
+    ref = make_pipeline(exact_learned(n_neighbors=5, mode="distance"),
+                        KNeighborsClassifier(n_neighbors=5, metric="precomputed"))
+    assert_array_equal(pipe.fit(X, y).predict(X[:30]), ref.fit(X, y).predict(X[:30]))
+    fitted = pipe[0]
+    with pytest.raises(ValueError, match="Expected n_neighbors <= n_samples_fit"):
+        fitted.kneighbors(X[:2], n_neighbors=121)
+    with pytest.raises(ValueError, match="Expected n_neighbors < n_samples_fit"):
+        fitted.kneighbors(n_neighbors=120)
+    with pytest.raises(ValueError, match="expecting 4 features"):
+        fitted.kneighbors(rng.randn(2, 3))
+    with pytest.raises(ValueError, match="list of 2 dicts"):
+        fitted.search_params_ = {}
+        fitted.kneighbors(X[:2])
+
+
+def test_bad_setups_give_clear_errors(client, rng, monkeypatch):
+    X = rng.randn(10, 3)
+    with pytest.raises(ValueError, match="n_shards=11 is more than the 10 rows"):
+        ShardedNeighbors(exact_learned(), n_shards=11, client=client).fit(X)
+    with pytest.raises(TypeError, match="skknn search estimator"):
+        ShardedNeighbors(NearestNeighbors(), client=client).fit(X)
+    with pytest.raises(TypeError, match="distributed.Client or None"):
+        ShardedNeighbors(exact_learned(), client="tcp://nowhere").fit(X)
+    with pytest.raises(ValueError, match="NaN"):
+        ShardedNeighbors(exact_learned(), client=client).fit(X * np.nan)
+    fitted = ShardedNeighbors(exact_learned(n_neighbors=2), client=client).fit(X)
+    with pytest.raises(TypeError, match="gather_shards"):
+        import pickle
+
+        pickle.dumps(fitted)
+    # Without a default client, the error says how to get one.
+    monkeypatch.setattr(distributed, "get_client", _no_client)
+    with pytest.raises(ValueError, match="needs a Dask client"):
+        ShardedNeighbors(exact_learned()).fit(X)
+
+
+def _no_client():
+    raise ValueError("No global client found")
+
+
+def test_missing_dask_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r"pip install 'skknn\[dask\]'"):
+        ShardedNeighbors(exact_learned()).fit(np.zeros((4, 2)))
+
+
+def test_failed_fit_leaves_the_estimator_as_before(client, rng):
+    X = rng.randn(50, 3)
+    ours = ShardedNeighbors(exact_learned(n_neighbors=2), n_shards=2, client=client).fit(X)
+    before = ours.kneighbors(X[:5])
+    with pytest.raises(ValueError, match="n_neighbors"):
+        # Refused by each shard's fit, on the workers.
+        ours.set_params(estimator__n_neighbors=0).fit(rng.randn(80, 3))
+    ours.set_params(estimator__n_neighbors=2)
+    assert ours.n_samples_fit_ == 50
+    assert_array_equal(ours.kneighbors(X[:5])[1], before[1])
+
+
+def _kill_holder_during_query(client, ours, Q, monkeypatch):
+    """Query in a thread and kill the worker holding shard 0 once it runs."""
+    import skknn._sharded as sharded
+
+    monkeypatch.setattr(sharded, "_CHUNK_BYTES", 8 * Q.shape[1] * 20)  # many chunks
+    result = {}
+
+    def query():
+        try:
+            result["answer"] = ours.kneighbors(Q)
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=query)
+    thread.start()
+    time.sleep(1.0)
+    assert thread.is_alive(), "the query ended before the worker was killed"
+    holder = next(iter(client.who_has(ours._shards[0][0])[ours._shards[0][0].key]))
+    pids = client.run(os.getpid)
+    os.kill(pids[holder], signal.SIGKILL)
+    thread.join(120)
+    assert not thread.is_alive()
+    return result
+
+
+def test_a_worker_killed_mid_query_is_survived_with_replicas(rng, monkeypatch):
+    X, Q = rng.randn(400, 6), rng.randn(3000, 6)
+    with _cluster(3) as cluster, distributed.Client(cluster) as client:
+        ours = ShardedNeighbors(exact_learned(n_neighbors=3), n_shards=2, replicas=2,
+                                client=client).fit(X)
+        result = _kill_holder_during_query(client, ours, Q, monkeypatch)
+    assert "error" not in result, result.get("error")
+    dist, ind = result["answer"]
+    assert_same_neighbors(dist, ind, *NearestNeighbors(n_neighbors=3).fit(X).kneighbors(Q))
+
+
+def test_a_lost_shard_without_replica_raises_and_returns_nothing(rng, monkeypatch):
+    X, Q = rng.randn(400, 6), rng.randn(3000, 6)
+    with _cluster(2) as cluster, distributed.Client(cluster) as client:
+        ours = ShardedNeighbors(exact_learned(n_neighbors=3), n_shards=2, client=client).fit(X)
+        holders = client.who_has([shard[0] for shard in ours._shards])
+        assert len({tuple(w) for w in holders.values()}) == 2  # one shard per worker
+        result = _kill_holder_during_query(client, ours, Q, monkeypatch)
+        assert "answer" not in result
+        assert isinstance(result["error"], ShardLostError)
+        assert "Shard 0 (fitted rows 0 to 199) was lost" in str(result["error"])
+        with pytest.raises(ShardLostError, match="replicas=2"):
+            ours.kneighbors(Q[:3])
+
+
+def test_grid_search_with_the_dask_backend_and_one_time_worker_setup(client):
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import GridSearchCV
+
+    from skknn import setup_dask_workers
+
+    took = setup_dask_workers(client)
+    assert set(took) == set(client.scheduler_info()["workers"])
+    assert all(set(parts) == {"keras", "kernels"} for parts in took.values())
+    # Once per worker process: registering again does not warm up again.
+    assert setup_dask_workers(client) == took
+    flags = client.run(lambda: os.environ.get("XLA_FLAGS", ""))
+    assert all("intra_op_parallelism_threads=1" in f for f in flags.values())
+    with pytest.raises(ValueError, match="warm_up takes parts among"):
+        setup_dask_workers(client, warm_up=("tensorflow",))
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:300], y[:300]
+    router = ClusterFilteredKNN(mode="distance", n_clusters=4, partition="kmeans", epochs=2,
+                                probe_mass=1.0, random_state=0)
+    pipe = make_pipeline(router, KNeighborsClassifier(n_neighbors=3, metric="precomputed"))
+    grid = {"clusterfilteredknn__n_neighbors": [3, 6]}
+    search = GridSearchCV(pipe, grid, cv=2)
+    with joblib.parallel_backend("dask"):
+        search.fit(X, y)
+    ref = GridSearchCV(pipe, grid, cv=2).fit(X, y)
+    assert_allclose(search.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"])
