@@ -230,9 +230,9 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
     ----------
     n_shards_ : int
         Number of shards.
-    shard_offsets_ : ndarray of shape (n_shards_ + 1,)
-        Shard ``i`` holds the fitted rows ``shard_offsets_[i]`` to
-        ``shard_offsets_[i + 1] - 1``.
+    shard_offsets_ : ndarray of int
+        The ``n_shards_ + 1`` boundaries of the shards: shard ``i`` holds
+        the fitted rows ``shard_offsets_[i]`` to ``shard_offsets_[i + 1] - 1``.
     n_samples_fit_ : int
         Number of fitted rows.
     n_features_in_ : int
