@@ -498,46 +498,75 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         return self._client.submit(func, shard, *args, pure=False, workers=holders,
                                    allow_other_workers=self._recomputable)
 
-    def _run(self, kind, query, k, params=None):
-        """One chunk of queries on every shard, merged.
+    def _submit(self, kind, query, k, params):
+        """Tasks of one chunk of queries on every shard (futures, in shard order).
 
         ``query`` is ``('new', rows)`` or ``('own', shard, ids)`` (fitted rows
         of one shard, each not its own neighbour). ``kind``: 'knn',
-        'reference' or 'radius' (``k`` is then the radius). Where a shard's
-        replica is lost during the chunk, the chunk is run again on the
-        replicas left; never is a partial answer returned.
+        'reference' or 'radius' (``k`` is then the radius).
         """
-        distributed = _distributed()
         client = self._client
+        shards = [self._live(i)[0] for i in range(self.n_shards_)]
+        where = client.who_has(shards)
+        if query[0] == "new":
+            data, owner = client.scatter(query[1], hash=False), None
+        else:
+            owner, ids = query[1], query[2]
+            data = self._on_shard(_fitted_rows, shards[owner], ids, who_has=where)
+        futures = []
+        for i, shard in enumerate(shards):
+            if kind == "reference":
+                task, args = _reference, (data, k)
+            else:
+                own = i == owner
+                task = {("knn", False): _knn_new, ("knn", True): _knn_own,
+                        ("radius", False): _radius_new, ("radius", True): _radius_own}[kind, own]
+                args = (ids if own else data, k, params[i])
+            futures.append(self._on_shard(task, shard, *args, who_has=where))
+        return futures
+
+    def _lost(self):
+        """The errors by which a task or a transfer reports a lost worker."""
+        distributed = _distributed()
+        # OSError: the connection to a worker closed while sending to it.
+        return CancelledError, distributed.client.FutureCancelledError, OSError
+
+    def _run(self, kind, query, k, params=None, futures=None):
+        """One chunk of queries on every shard, merged (see :meth:`_submit`).
+
+        ``futures``: its tasks, if already submitted. Where a worker is lost
+        during the chunk, the chunk is run again on the replicas left; never
+        is a partial answer returned.
+        """
         for _ in range(sum(len(r) for r in self._shards) + 1):
-            shards = [self._live(i)[0] for i in range(self.n_shards_)]
             try:
-                where = client.who_has(shards)
-                if query[0] == "new":
-                    data, owner = client.scatter(query[1], hash=False), None
-                else:
-                    owner, ids = query[1], query[2]
-                    data = self._on_shard(_fitted_rows, shards[owner], ids, who_has=where)
-                futures = []
-                for i, shard in enumerate(shards):
-                    if kind == "reference":
-                        task, args = _reference, (data, k)
-                    else:
-                        own = i == owner
-                        task = {("knn", False): _knn_new, ("knn", True): _knn_own,
-                                ("radius", False): _radius_new,
-                                ("radius", True): _radius_own}[kind, own]
-                        args = (ids if own else data, k, params[i])
-                    futures.append(self._on_shard(task, shard, *args, who_has=where))
-                parts = client.gather(futures)
-            except (CancelledError, distributed.client.FutureCancelledError, OSError):
-                # A worker was lost (OSError: while sending to it): again, on
-                # the replicas left.
+                if futures is None:
+                    futures = self._submit(kind, query, k, params)
+                parts = self._client.gather(futures)
+            except self._lost():
+                futures = None  # again, on the replicas left
                 continue
             offsets = self.shard_offsets_[:-1]
-            return _merge_radius(parts, offsets) if kind == "radius" else _merge_knn(
-                parts, offsets, k)
+            if kind == "radius":
+                return _merge_radius(parts, offsets)
+            return _merge_knn(parts, offsets, k)
         raise ShardLostError("Workers were lost on every attempt to search this chunk.")
+
+    def _run_all(self, kind, queries, k, params):
+        """:meth:`_run` over chunks, in order; the next chunk's tasks are
+        submitted before this one's answers are merged (the workers search
+        meanwhile)."""
+        pending = None
+        for query in queries:
+            try:
+                futures = self._submit(kind, query, k, params)
+            except self._lost():
+                futures = None
+            if pending is not None:
+                yield self._run(kind, pending[0], k, params, pending[1])
+            pending = (query, futures)
+        if pending is not None:
+            yield self._run(kind, pending[0], k, params, pending[1])
 
     def _chunk_rows(self):
         return max(1, _CHUNK_BYTES // (8 * self.n_features_in_))
@@ -551,21 +580,21 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         return np.vstack(self._client.gather(futures))
 
     def _own_chunks(self, rows=None):
-        """``('own', shard, ids)`` chunks of fitted rows and their global rows."""
+        """``('own', shard, ids)`` chunks of the fitted rows ``rows`` (global,
+        sorted; all if None), shard by shard."""
         for i in range(self.n_shards_):
             start, stop = self.shard_offsets_[i], self.shard_offsets_[i + 1]
             mine = np.arange(start, stop) if rows is None else rows[(rows >= start)
                                                                     & (rows < stop)]
             for s in gen_even_slices(len(mine), max(1, -(-len(mine) // self._chunk_rows()))):
                 if len(mine):
-                    yield ("own", i, mine[s] - start), mine[s]
+                    yield ("own", i, mine[s] - start)
 
     def _kneighbors_rows(self, rows, k, params):
         """Neighbours of fitted rows (global, sorted), each not its own."""
         dist, ind = np.empty((len(rows), k)), np.empty((len(rows), k), dtype=np.intp)
         position = 0
-        for query, _ in self._own_chunks(rows):
-            d, i = self._run("knn", query, k, params)
+        for d, i in self._run_all("knn", self._own_chunks(rows), k, params):
             dist[position:position + len(d)], ind[position:position + len(d)] = d, i
             position += len(d)
         return dist, ind
@@ -629,8 +658,8 @@ default=None
         elif X is None:
             dist, ind = self._kneighbors_rows(np.arange(self.n_samples_fit_), k, params)
         else:
-            parts = [self._run("knn", ("new", X[s]), k, params)
-                     for s in query_batches(X.shape[0], self._chunk_rows())]
+            chunks = (("new", X[s]) for s in query_batches(X.shape[0], self._chunk_rows()))
+            parts = list(self._run_all("knn", chunks, k, params))
             dist = np.vstack([d for d, _ in parts]) if parts else np.empty((0, k))
             ind = (np.vstack([i for _, i in parts]) if parts
                    else np.empty((0, k), dtype=np.intp))
@@ -709,13 +738,11 @@ default=None
             raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
         params = self._check_search_params()
         if X is None:
-            chunks = list(self._own_chunks())
-            queries = [query for query, _ in chunks]
+            queries = self._own_chunks()
         else:
             queries = [("new", X[s]) for s in query_batches(X.shape[0], self._chunk_rows())]
         dists, inds = [], []
-        for query in queries:
-            d, i = self._run("radius", query, float(radius), params)
+        for d, i in self._run_all("radius", queries, float(radius), params):
             dists.extend(d)
             inds.extend(i)
         for row, (d_row, i_row) in enumerate(zip(dists, inds)):
