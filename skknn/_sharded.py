@@ -51,7 +51,6 @@ def _fit_shard(estimator, X, y=None):
 
 def _summary(shard):
     return {
-        "n_samples": shard.n_samples_fit_,
         "eval_rows": shard._eval_rows,
         "efforts": list(shard._search_efforts()),
         "default": shard._default_search_params(),
@@ -400,6 +399,13 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
                                         key=f"skknn-shard-{i}-{_token()}",
                                         workers=[workers[i % len(workers)]],
                                         allow_other_workers=_is_dask_array(X)))
+        try:
+            self._wait_for_fits(shards)
+        except self._lost() as exc:
+            raise ShardLostError(
+                "A worker was lost while the shards were fitted; nothing was changed. Fit "
+                "again."
+            ) from exc
         replicas = [[shard] for shard in shards]
         for i, shard in enumerate(shards if self.replicas > 1 else []):
             # A copy sent from here under a key of its own: copying through a
@@ -420,6 +426,14 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         self._dtype = np.dtype(summaries[0]["dtype"])
         self.effective_metric_, self.effective_metric_params_ = summaries[0]["metric"]
         self._tune(summaries, rng)
+
+    @staticmethod
+    def _wait_for_fits(shards):
+        """Wait for the shard fits (on the workers); raise the error of one that failed."""
+        _distributed().wait(shards)
+        for shard in shards:
+            if shard.status != "finished":
+                shard.result()  # raises its error, or the loss of its worker
 
     def _tune(self, summaries, rng):
         """Measure ``recall_`` of the merged answer; reach ``target_recall``."""
