@@ -371,8 +371,8 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         n_shards = self.n_shards or len(workers)
         if n_shards > n_samples:
             raise ValueError(
-                f"n_shards={n_shards} is more than the {n_samples} rows of X: each shard needs "
-                "at least one row."
+                f"n_shards={n_shards} is more than the rows of X (n_samples={n_samples}): each "
+                "shard needs at least one row."
             )
         slices = list(gen_even_slices(n_samples, n_shards))
         offsets = np.array([s.start for s in slices] + [n_samples])
