@@ -134,6 +134,15 @@ class NeighborsGraphMixin(TransformerMixin):
             raise ValueError(f"Expected n_neighbors > 0. Got {n_neighbors}")
         return int(n_neighbors)
 
+    def _check_radius(self, radius, return_distance, sort_results):
+        """The radius to search (the constructor's if None), as a float."""
+        if sort_results and not return_distance:
+            raise ValueError("return_distance must be True if sort_results is True.")
+        radius = self.radius if radius is None else radius
+        if not isinstance(radius, Real) or not radius >= 0:
+            raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
+        return float(radius)
+
     def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
         """Sparse graph of the k nearest neighbours of each query point.
 
@@ -244,6 +253,12 @@ class NeighborsGraphMixin(TransformerMixin):
     @property
     def _n_features_out(self):
         return self.n_samples_fit_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        tags.input_tags.sparse = True
+        return tags
 
 
 class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstimator):
@@ -497,16 +512,12 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstim
             Indices of the neighbours in the fitted data.
         """
         check_is_fitted(self)
-        if sort_results and not return_distance:
-            raise ValueError("return_distance must be True if sort_results is True.")
-        radius = self.radius if radius is None else radius
-        if not isinstance(radius, Real) or not radius >= 0:
-            raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
+        radius = self._check_radius(radius, return_distance, sort_results)
         n_queries, rows_of = self._queries(X)
         self._check_search_params(self.search_params_)
         dists, inds = [], []
         for batch in query_batches(n_queries, self._query_batch):
-            d, i = self._radius(rows_of(batch), float(radius), self.search_params_)
+            d, i = self._radius(rows_of(batch), radius, self.search_params_)
             for d_row, i_row in zip(d, i):
                 # Back to row numbers, in row-number order.
                 i_row = self._space.to_ids(i_row)
@@ -523,12 +534,6 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstim
             dists[row], inds[row] = dists[row][keep], inds[row][keep]
         inds = _to_object_array(inds)
         return (_to_object_array(dists), inds) if return_distance else inds
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = True
-        tags.input_tags.sparse = True
-        return tags
 
     # ------------------------------------------------ subclass obligations
     def _fit_index(self, X, y, train_rows, rng):  # pragma: no cover - abstract

@@ -739,24 +739,20 @@ default=None
         neigh_ind : ndarray of shape (n_queries,) of arrays
             Indices of the neighbours among all fitted rows.
         """
-        if sort_results and not return_distance:
-            raise ValueError("return_distance must be True if sort_results is True.")
+        radius = self._check_radius(radius, return_distance, sort_results)
         X = self._check_queries(X, None)
         if _is_dask_array(X):
             raise TypeError(
                 "radius_neighbors takes NumPy or sparse queries: the answer's size is not "
                 "known in advance. Compute the dask array in chunks and query each."
             )
-        radius = self.radius if radius is None else radius
-        if not isinstance(radius, numbers.Real) or not radius >= 0:
-            raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
         params = self._check_search_params()
         if X is None:
             queries = self._own_chunks()
         else:
             queries = [("new", X[s]) for s in query_batches(X.shape[0], self._chunk_rows())]
         dists, inds = [], []
-        for d, i in self._run_all("radius", queries, float(radius), params):
+        for d, i in self._run_all("radius", queries, radius, params):
             dists.extend(d)
             inds.extend(i)
         for row, (d_row, i_row) in enumerate(zip(dists, inds)):
@@ -765,13 +761,6 @@ default=None
             dists[row], inds[row] = d_row[order].astype(self._dtype), i_row[order]
         inds = _to_object_array(inds)
         return (_to_object_array(dists), inds) if return_distance else inds
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = True
-        tags.input_tags.sparse = True
-        tags.non_deterministic = True
-        return tags
 
 
 def _check_dask_array(X):
