@@ -217,7 +217,8 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         The Dask client; None means the current default client
         (:func:`distributed.get_client`).
     replicas : int, default=1
-        Workers holding each fitted shard. Shards fitted from a NumPy array
+        Workers holding each fitted shard, each a different worker (so at
+        most the number of workers). Shards fitted from a NumPy array
         are scattered from this process: a shard whose every replica is lost
         with its worker cannot be recomputed, and queries raise
         :class:`ShardLostError`. With ``replicas=2``, NumPy queries survive
@@ -374,6 +375,11 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
                 f"n_shards={n_shards} is more than the rows of X (n_samples={n_samples}): each "
                 "shard needs at least one row."
             )
+        if self.replicas > len(workers):
+            raise ValueError(
+                f"replicas={self.replicas} needs as many workers, each holding one copy; the "
+                f"cluster has {len(workers)}."
+            )
         slices = list(gen_even_slices(n_samples, n_shards))
         offsets = np.array([s.start for s in slices] + [n_samples])
         if _is_dask_array(X):
@@ -412,7 +418,7 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
             # task dependency would leave two copies of the one key, and
             # Dask's memory manager keeps only one, perhaps the replica's.
             fitted = shard.result()
-            for r in range(1, min(self.replicas, len(workers))):
+            for r in range(1, self.replicas):
                 owner = workers[(i + r) % len(workers)]
                 replicas[i].append(client.scatter(fitted, workers=[owner], hash=False))
             del fitted

@@ -187,6 +187,8 @@ def test_bad_setups_give_clear_errors(client, rng, monkeypatch):
     X = rng.randn(10, 3)
     with pytest.raises(ValueError, match=r"n_shards=11 is more than .* \(n_samples=10\)"):
         ShardedNeighbors(exact_learned(), n_shards=11, client=client).fit(X)
+    with pytest.raises(ValueError, match="replicas=3 needs as many workers.*has 2"):
+        ShardedNeighbors(exact_learned(), replicas=3, client=client).fit(X)
     with pytest.raises(TypeError, match="skknn search estimator"):
         ShardedNeighbors(NearestNeighbors(), client=client).fit(X)
     with pytest.raises(TypeError, match="distributed.Client or None"):
