@@ -95,6 +95,28 @@ def fit_atomically(estimator, fit, *args):
     return estimator
 
 
+def first_reaching(name, efforts, measure, target, k, log=None):
+    """The first search effort whose measured recall@``k`` reaches ``target``.
+
+    ``measure(params)`` gives the recall of an effort; efforts are tried in
+    order, and with ``target`` None only the first. If none reaches it, the
+    last is kept and a warning says so. Returns ``(params, recall)``.
+    """
+    for params in efforts:
+        recall = measure(params)
+        if log is not None:
+            log(f"recall@{k} = {recall:.4f} with {params}")
+        if target is None or recall >= target:
+            return params, recall
+    warnings.warn(
+        f"[{name}] target_recall={target} was not reached: the largest search effort "
+        f"{params} gives recall@{k} = {recall:.4f} on the held-out sample.",
+        UserWarning,
+        stacklevel=3,  # the fit step that tunes, as before this helper
+    )
+    return params, recall
+
+
 def array_bytes(obj, depth=6, _seen=None):
     """Bytes of the NumPy arrays an object holds, through attributes and containers.
 
@@ -354,22 +376,13 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstim
         exact, _ = drop_self(dist, self._space.to_ids(ind), eval_rows)
         if self.target_recall is None:
             efforts = [self._default_search_params()]
-        for params in efforts:
+
+        def measure(params):
             found = self._search(q.__getitem__, len(q), k + 1, params, self_included=True)
-            dist, _ = drop_self(*found, eval_rows)
-            recall = recall_at_k(dist, exact)
-            self._log(f"recall@{k} = {recall:.4f} with {params}")
-            if self.target_recall is None or recall >= self.target_recall:
-                break
-        else:
-            warnings.warn(
-                f"[{type(self).__name__}] target_recall={self.target_recall} was not "
-                f"reached: the largest search effort {params} gives recall@{k} = "
-                f"{recall:.4f} on the held-out sample.",
-                UserWarning,
-                stacklevel=2,
-            )
-        self.search_params_, self.recall_ = params, recall
+            return recall_at_k(drop_self(*found, eval_rows)[0], exact)
+
+        self.search_params_, self.recall_ = first_reaching(
+            type(self).__name__, efforts, measure, self.target_recall, k, self._log)
 
     def _log(self, message):
         if self.verbose:

@@ -10,7 +10,6 @@ Dask (``distributed``) is imported only here, and only when first needed.
 """
 
 import numbers
-import warnings
 from concurrent.futures import CancelledError
 
 import numpy as np
@@ -24,11 +23,12 @@ from ._base import (
     NeighborsGraphMixin,
     SearchBase,
     _to_object_array,
+    first_reaching,
     fit_atomically,
     query_batches,
 )
 from ._indexes import import_optional
-from ._search import drop_self, recall_at_k, reference_kneighbors
+from ._search import drop_self, recall_at_k, reference_kneighbors, stack_parts
 
 # Bytes of float64 query rows sent to the shards as one chunk (one task per
 # shard and chunk): large enough that a task's overhead (~1 ms) is small
@@ -131,6 +131,7 @@ def _merge_knn(parts, offsets, k):
     """The ``k`` nearest of the shards' answers, ties by row; global rows."""
     dist = np.hstack([d for d, _ in parts])
     ind = np.hstack([np.where(i >= 0, i + off, -1) for (_, i), off in zip(parts, offsets)])
+    # A full sort, not a partition: ties at the k-th distance go to the lower row.
     order = np.lexsort((ind, dist), axis=-1)[:, :k]
     return np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
 
@@ -361,7 +362,8 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
                 f"ClusterFilteredKNN), got {type(self.estimator).__name__}."
             )
         client = self._get_client()
-        if _is_dask_array(X):
+        from_dask = _is_dask_array(X)
+        if from_dask:
             X = _check_dask_array(X)
             self.n_features_in_ = X.shape[1]
         else:
@@ -382,7 +384,7 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
             )
         slices = list(gen_even_slices(n_samples, n_shards))
         offsets = np.array([s.start for s in slices] + [n_samples])
-        if _is_dask_array(X):
+        if from_dask:
             # One chunk of rows per shard, computed on the cluster.
             X = X.rechunk((tuple(np.diff(offsets)), (X.shape[1],)))
             shards_data = client.compute(list(X.to_delayed().ravel()))
@@ -404,7 +406,7 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
             shards.append(client.submit(_fit_shard, *args, pure=False,
                                         key=f"skknn-shard-{i}-{_token()}",
                                         workers=[workers[i % len(workers)]],
-                                        allow_other_workers=_is_dask_array(X)))
+                                        allow_other_workers=from_dask))
         try:
             self._wait_for_fits(shards)
         except self._lost() as exc:
@@ -424,7 +426,7 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
             del fitted
         del shards_data
         self._client, self._shards = client, replicas
-        self._recomputable = _is_dask_array(X)
+        self._recomputable = from_dask
         summaries = client.gather([self._on_shard(_summary, shard) for shard in shards])
         self.n_shards_ = n_shards
         self.shard_offsets_ = offsets
@@ -457,23 +459,17 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         exact = self._run("reference", ("new", Q), k + 1)
         exact = drop_self(*exact, held_out)[0]
         target = self.estimator.target_recall
+        # Effort levels: each shard's i-th effort (its last once it has no more).
         efforts = [s["efforts"] for s in summaries]
-        n_levels = 1 if target is None else max(len(e) for e in efforts)
-        for level in range(n_levels):
-            params = defaults if target is None else [e[min(level, len(e) - 1)]
-                                                      for e in efforts]
-            dist = self._kneighbors_rows(held_out, k, params)[0]
-            recall = recall_at_k(dist, exact)
-            if target is None or recall >= target:
-                break
-        else:
-            warnings.warn(
-                f"[ShardedNeighbors] target_recall={target} was not reached: the largest "
-                f"search effort gives recall@{k} = {recall:.4f} on the held-out sample.",
-                UserWarning,
-                stacklevel=3,
-            )
-        self.search_params_, self.recall_ = params, recall
+        levels = [defaults] if target is None else [
+            [e[min(level, len(e) - 1)] for e in efforts]
+            for level in range(max(len(e) for e in efforts))]
+
+        def measure(params):
+            return recall_at_k(self._kneighbors_rows(held_out, k, params)[0], exact)
+
+        self.search_params_, self.recall_ = first_reaching(
+            "ShardedNeighbors", levels, measure, target, k)
 
     def gather_shards(self):
         """The fitted shard estimators, brought to this process.
@@ -606,18 +602,12 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
             start, stop = self.shard_offsets_[i], self.shard_offsets_[i + 1]
             mine = np.arange(start, stop) if rows is None else rows[(rows >= start)
                                                                     & (rows < stop)]
-            for s in gen_even_slices(len(mine), max(1, -(-len(mine) // self._chunk_rows()))):
-                if len(mine):
-                    yield ("own", i, mine[s] - start)
+            for s in query_batches(len(mine), self._chunk_rows()):
+                yield ("own", i, mine[s] - start)
 
     def _kneighbors_rows(self, rows, k, params):
         """Neighbours of fitted rows (global, sorted), each not its own."""
-        dist, ind = np.empty((len(rows), k)), np.empty((len(rows), k), dtype=np.intp)
-        position = 0
-        for d, i in self._run_all("knn", self._own_chunks(rows), k, params):
-            dist[position:position + len(d)], ind[position:position + len(d)] = d, i
-            position += len(d)
-        return dist, ind
+        return stack_parts(list(self._run_all("knn", self._own_chunks(rows), k, params)))
 
     # -------------------------------------------------------------- queries
     def _check_search_params(self):
@@ -678,11 +668,9 @@ default=None
         elif X is None:
             dist, ind = self._kneighbors_rows(np.arange(self.n_samples_fit_), k, params)
         else:
+            # (validate_data refuses zero queries: there is always a chunk.)
             chunks = (("new", X[s]) for s in query_batches(X.shape[0], self._chunk_rows()))
-            parts = list(self._run_all("knn", chunks, k, params))
-            dist = np.vstack([d for d, _ in parts]) if parts else np.empty((0, k))
-            ind = (np.vstack([i for _, i in parts]) if parts
-                   else np.empty((0, k), dtype=np.intp))
+            dist, ind = stack_parts(list(self._run_all("knn", chunks, k, params)))
         dist = dist.astype(self._dtype)
         return (dist, ind) if return_distance else ind
 
