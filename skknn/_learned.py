@@ -500,7 +500,15 @@ class LearnedNeighbors(SearchBase):
 
 
 def _needs_y(estimator):
-    """Whether ``estimator.fit`` needs targets (scikit-learn's tags say so)."""
+    """Whether ``estimator.fit`` needs targets (scikit-learn's tags say so).
+
+    A FrozenEstimator never does (its fit does nothing), though it reports
+    the tags of the estimator it wraps.
+    """
+    from sklearn.frozen import FrozenEstimator
+
+    if isinstance(estimator, FrozenEstimator):
+        return False
     try:
         return bool(estimator.__sklearn_tags__().target_tags.required)
     except AttributeError:

@@ -289,6 +289,16 @@ def test_prefit_embedder_through_frozen_estimator():
     assert nn.embedder_.estimator is pca  # used as it is, not refitted
 
 
+def test_prefit_supervised_embedder_needs_no_labels():
+    # FrozenEstimator reports the tags of what it wraps: a fitted supervised
+    # embedder said "pass the labels", though frozen it needs none.
+    X, y = load_digits(return_X_y=True)
+    triplet = TripletEmbedder(n_components=4, epochs=1, batch_size=128,
+                              random_state=0).fit(X[:300], y[:300])
+    nn = LearnedNeighbors(5, embedder=FrozenEstimator(triplet)).fit(X[:400])
+    assert_allclose(nn._embed(X[:3])[0], triplet.transform(X[:3]), rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- input forms
 @pytest.mark.parametrize("make", [
     lambda: LearnedNeighbors(4, embedder="passthrough", backend="brute"),
