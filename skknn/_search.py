@@ -430,13 +430,16 @@ def recall_at_k(approx_dist, exact_dist, rtol=None):
     tolerance is relative to the data's distances, so recall does not depend
     on the units; ``s`` covers a ``k``-th distance of exactly 0 (parallel rows
     for cosine) that two exact computations round differently. ``rtol`` is by
-    default 4 float epsilons of the arrays' dtype (1e-9 for float64).
+    default 4 epsilons of the coarser of the two float dtypes (1e-9 for
+    float64): float32 distances compared with a float64 reference carry
+    float32 rounding.
     """
     if exact_dist.size == 0:
         return 1.0
     if rtol is None:
-        dtype = np.result_type(approx_dist, exact_dist)
-        rtol = max(1e-9, 4 * float(np.finfo(dtype).eps)) if dtype.kind == "f" else 1e-9
+        eps = [float(np.finfo(a.dtype).eps) for a in (approx_dist, exact_dist)
+               if a.dtype.kind == "f"]
+        rtol = max([1e-9] + [4 * e for e in eps])
     kth = exact_dist[:, -1:]
     finite = np.isfinite(kth)
     scale = float(np.abs(kth[finite]).max()) if finite.any() else 0.0

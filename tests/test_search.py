@@ -159,6 +159,17 @@ def test_recall_counts_ties_as_found():
         assert recall_at_k(np.array([[1e-6], [1.0]]) * scale, exact * scale) == 0.5
 
 
+def test_recall_of_float32_distances_against_a_float64_reference():
+    # An exact float32 answer is rounded to float32: found, whichever array is
+    # the float64 one; a distance beyond float32 rounding is still a miss.
+    exact = np.sqrt(np.arange(1.0, 31.0)).reshape(3, 10) + 1e4
+    assert recall_at_k(exact.astype(np.float32), exact) == 1.0
+    assert recall_at_k(exact, exact.astype(np.float32)) == 1.0
+    worse = exact.copy()
+    worse[:, -1] *= 1 + 1e-5
+    assert recall_at_k(worse.astype(np.float32), exact) == pytest.approx(0.9)
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine", "manhattan",
                                     "chebyshev", "minkowski"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
