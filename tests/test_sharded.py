@@ -139,6 +139,22 @@ def test_dask_array_fit_and_lazy_dask_queries(client, rng):
         ours.kneighbors(da.zeros((5, 3), chunks=5))
 
 
+def test_replicas_share_the_queries(client, rng):
+    # One shard on both workers: chunks of queries take turns over the two
+    # copies (NumPy and dask queries), and the answer stays exact.
+    X, Q = rng.randn(300, 4), rng.randn(1000, 4)
+    ours = ShardedNeighbors(exact_learned(n_neighbors=3), n_shards=1, replicas=2,
+                            client=client).fit(X)
+    ref = NearestNeighbors(n_neighbors=3).fit(X).kneighbors(Q)
+    for queries in (Q, da.from_array(Q, chunks=250)):
+        with distributed.get_task_stream(client=client) as stream:
+            dist, ind = ours.kneighbors(queries)
+            dist, ind = np.asarray(dist), np.asarray(ind)
+        assert_same_neighbors(dist, ind, *ref)
+        searched_on = {t["worker"] for t in stream.data if "knn_new" in str(t["key"])}
+        assert len(searched_on) == 2, stream.data
+
+
 def test_recall_and_target_recall_hold_across_shards(client):
     X = make_blobs_data(n_samples=3000, n_features=16, centers=30)
     Q = make_blobs_data(n_samples=3300, n_features=16, centers=30)[3000:]
