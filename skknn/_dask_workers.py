@@ -20,8 +20,9 @@ def _limit_threads():
 
     Dask runs one task per worker thread; a task that used every core of the
     machine would compete with the worker's other tasks. The nanny sets the
-    BLAS and OpenMP variables to 1 (skknn's compiled search reads
-    ``OMP_NUM_THREADS``); XLA and numba read theirs when first used.
+    BLAS and OpenMP variables to 1 before the worker starts (skknn's compiled
+    search reads ``OMP_NUM_THREADS`` when imported); XLA and numba read theirs
+    when first used.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_multi_thread_eigen" not in flags:
@@ -29,6 +30,10 @@ def _limit_threads():
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    from . import _search
+
+    # A worker started without a nanny: the search read the variable at import.
+    _search._OMP_NUM_THREADS = _search._OMP_NUM_THREADS or "1"
 
 
 def warm_up(parts):

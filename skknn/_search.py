@@ -41,6 +41,12 @@ _RANKABLE_SQ = 1e30
 # beyond every fitted row's is out of range: the learned part only
 # extrapolates there, and float32 distances from it no longer rank anything.
 _FAR_RANGE = 1e4
+# OMP_NUM_THREADS as this process was started with, read once as OpenMP reads
+# it when loaded: Dask's nanny, which starts a LocalCluster's workers, sets it
+# to 1 in the process that creates the cluster as well (distributed's docs:
+# "poisoning the process running the Nanny"), and the estimators used there
+# would search with one thread.
+_OMP_NUM_THREADS = os.environ.get("OMP_NUM_THREADS")
 
 
 def search_threads(n_jobs):
@@ -48,9 +54,9 @@ def search_threads(n_jobs):
 
     ``None`` means what it means for scikit-learn's own compiled brute force
     (BLAS and OpenMP): every core, unless ``OMP_NUM_THREADS`` (which joblib
-    sets in its worker processes) or a joblib ``parallel_config(n_jobs=...)``
-    says fewer. Graph indexes (hnswlib, pynndescent) also search with every
-    core by default.
+    and Dask set in their worker processes; read when skknn is imported) or a
+    joblib ``parallel_config(n_jobs=...)`` says fewer. Graph indexes
+    (hnswlib, pynndescent) also search with every core by default.
     """
     if n_jobs is not None:
         return effective_n_jobs(n_jobs)
@@ -59,7 +65,7 @@ def search_threads(n_jobs):
         return configured
     threads = cpu_count()
     try:
-        threads = min(threads, int(os.environ.get("OMP_NUM_THREADS", threads)))
+        threads = min(threads, int(_OMP_NUM_THREADS or threads))
     except ValueError:
         pass
     return max(1, threads)

@@ -226,6 +226,19 @@ def _no_client():
     raise ValueError("No global client found")
 
 
+def test_the_cluster_leaves_this_process_searching_with_every_core(client):
+    from joblib import cpu_count
+
+    from skknn import _search
+
+    if _search._OMP_NUM_THREADS is not None:
+        pytest.skip("OMP_NUM_THREADS was set for this test run")
+    # The LocalCluster's nannies set it in this process too...
+    assert os.environ.get("OMP_NUM_THREADS") == "1"
+    # ... which does not cut this process's searches to one thread.
+    assert _search.search_threads(None) == cpu_count()
+
+
 def test_missing_dask_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"pip install 'skknn\[dask\]'"):

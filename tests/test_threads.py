@@ -5,25 +5,35 @@ import pickle
 import pytest
 from joblib import cpu_count, parallel_config
 
+from skknn import _search
 from skknn._search import search_threads
 
 
 def test_none_uses_every_core_like_blas(monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(_search, "_OMP_NUM_THREADS", None)
     assert search_threads(None) == cpu_count()
     assert search_threads(1) == 1
     assert search_threads(-1) == cpu_count()
 
 
 def test_none_respects_omp_num_threads_and_joblib_config(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # OMP_NUM_THREADS as the process started (joblib's and Dask's workers).
+    monkeypatch.setattr(_search, "_OMP_NUM_THREADS", "1")
     assert search_threads(None) == 1
     assert search_threads(3) == 3  # an explicit n_jobs wins
-    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    monkeypatch.setattr(_search, "_OMP_NUM_THREADS", "not a number")
     assert search_threads(None) == cpu_count()
-    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(_search, "_OMP_NUM_THREADS", None)
     with parallel_config(n_jobs=3):
         assert search_threads(None) == 3
+
+
+def test_omp_num_threads_is_read_as_the_process_started(monkeypatch):
+    # Set later (as a Dask LocalCluster's nanny does in the process that
+    # creates it), it does not cut the search of this process to one thread.
+    monkeypatch.setattr(_search, "_OMP_NUM_THREADS", None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert search_threads(None) == cpu_count()
 
 
 @pytest.mark.parametrize("backend", ["ivf", "pynndescent", "hnswlib", "usearch", "annoy"])
