@@ -1,17 +1,19 @@
 """ShardedNeighbors on a Dask LocalCluster against the same estimator in one process.
 
     python benchmarks/bench_sharded.py [--n-samples 200000] [--n-features 128]
-        [--estimator cluster|learned] [--stream 2000000] [--json]
+        [--estimator cluster|learned] [--queries 10000] [--stream 2000000] [--json]
 
 Data: embedding-like vectors (:func:`skknn.datasets.make_embedding_like`),
-``--n-samples`` fitted rows and 10,000 queries; exact neighbours from a
-float64 brute force. Measured in one run, k = 10:
+``--n-samples`` fitted rows and ``--queries`` queries (searched in one call);
+exact neighbours from a float64 brute force. Measured in one run, k = 10:
 
 * ``single``: the estimator in this process (all cores);
 * ``1 worker`` and ``2 workers``: ``ShardedNeighbors(estimator, n_shards=2)``
   on a ``LocalCluster`` with one thread per worker (the same two shards, so
   that the work is the same and only the workers differ), after
-  :func:`skknn.setup_dask_workers`.
+  :func:`skknn.setup_dask_workers`;
+* ``2 replicas``: ``ShardedNeighbors(estimator, n_shards=1, replicas=2)`` on
+  two such workers: the whole index on each, the queries shared.
 
 For each: fit seconds, and over the search efforts queries/s and recall@10;
 the table gives q/s at the cheapest effort reaching ``--recall``, and the
@@ -102,7 +104,7 @@ def _worker_rss(client):
     return client.run(rss)
 
 
-def _sharded(n_workers, estimator, X, Q, exact_dist, args):
+def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=1):
     from distributed import Client, LocalCluster
 
     from skknn import ShardedNeighbors, setup_dask_workers
@@ -112,9 +114,11 @@ def _sharded(n_workers, estimator, X, Q, exact_dist, args):
             Client(cluster) as client:
         setup_dask_workers(client)
         start = time.perf_counter()
-        sharded = ShardedNeighbors(estimator, n_shards=2, client=client).fit(X)
+        sharded = ShardedNeighbors(estimator, n_shards=n_shards, replicas=replicas,
+                                   client=client).fit(X)
         fit_s = time.perf_counter() - start
-        _log(f"{n_workers} worker(s): fit {fit_s:.1f} s, recall_={sharded.recall_:.4f}")
+        _log(f"{n_workers} worker(s), {n_shards} shard(s) x {replicas}: fit {fit_s:.1f} s, "
+             f"recall_={sharded.recall_:.4f}")
         efforts = list(zip(*[s._search_efforts() for s in sharded.gather_shards()]))
 
         def set_effort(effort):
@@ -124,7 +128,7 @@ def _sharded(n_workers, estimator, X, Q, exact_dist, args):
         result = {"fit_s": fit_s, "sweep": [(e[0], r, q) for e, r, q in rows],
                   "at_recall": _at_recall([(e[0], r, q) for e, r, q in rows], args.recall),
                   "peak_rss_mb_per_worker": _worker_peaks(client)}
-        if n_workers == 2 and args.stream:
+        if n_workers == 2 and n_shards == 2 and args.stream:
             chosen = result["at_recall"] or {"effort": rows[-1][0][0]}
             sharded.search_params_ = [chosen["effort"]] * 2
             result["stream"] = _stream(client, sharded, X.shape[1], args.stream)
@@ -172,6 +176,7 @@ def main(argv=None):
     parser.add_argument("--n-features", type=int, default=128)
     parser.add_argument("--estimator", choices=["cluster", "learned"], default="cluster")
     parser.add_argument("--recall", type=float, default=0.95)
+    parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--stream", type=int, default=2_000_000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -181,7 +186,8 @@ def main(argv=None):
 
     from skknn.datasets import make_embedding_like
 
-    data, _ = make_embedding_like(args.n_samples + 10_000, args.n_features, random_state=0)
+    data, _ = make_embedding_like(args.n_samples + args.queries, args.n_features,
+                                  random_state=0)
     data = data.astype(np.float32)
     X, Q = data[:args.n_samples], data[args.n_samples:]
     exact_dist = NearestNeighbors(n_neighbors=K, algorithm="brute").fit(
@@ -202,11 +208,14 @@ def main(argv=None):
                          "at_recall": _at_recall(rows, args.recall)}
     for n_workers in (1, 2):
         results[f"{n_workers} worker"] = _sharded(n_workers, estimator, X, Q, exact_dist, args)
+    results["2 replicas"] = _sharded(2, estimator, X, Q, exact_dist, args, n_shards=1,
+                                     replicas=2)
 
     if args.json:
         print(json.dumps(results, default=str))
         return
-    print(f"{args.n_samples:,} x {args.n_features} embedding-like, k={K}, "
+    print(f"{args.n_samples:,} x {args.n_features} embedding-like, {args.queries:,} queries, "
+          f"k={K}, "
           f"{type(estimator).__name__}; q/s at recall >= {args.recall}")
     print(f"{'':<12} {'fit s':>7} {'q/s':>9} {'recall':>7}  effort   peak RSS per worker (MB)")
     for name, res in results.items():
@@ -216,13 +225,14 @@ def main(argv=None):
               f"{point.get('recall', float('nan')):>7.4f}  {point.get('effort')}  {peaks}")
     one, two, single = results["1 worker"], results["2 worker"], results["single"]
     if one["at_recall"] and two["at_recall"]:
-        wall = lambda r: r["fit_s"] + 1e4 / r["at_recall"]["qps"]  # noqa: E731
-        print(f"2 workers / 1 worker wall time (fit + 10k queries): "
+        wall = lambda r: r["fit_s"] + args.queries / r["at_recall"]["qps"]  # noqa: E731
+        print(f"2 workers / 1 worker wall time (fit + {args.queries:,} queries): "
               f"{wall(two) / wall(one):.2f}x  (fit {two['fit_s'] / one['fit_s']:.2f}x, "
               f"query {one['at_recall']['qps'] / two['at_recall']['qps']:.2f}x)")
-    if two["at_recall"] and single["at_recall"]:
-        print(f"2 workers q/s / single process q/s: "
-              f"{two['at_recall']['qps'] / single['at_recall']['qps']:.2f}x")
+    for name in ("2 worker", "2 replicas"):
+        if results[name]["at_recall"] and single["at_recall"]:
+            print(f"{name} q/s / single process q/s: "
+                  f"{results[name]['at_recall']['qps'] / single['at_recall']['qps']:.2f}x")
     if "stream" in two:
         s = two["stream"]
         print(f"stream {s['rows']:,} rows: {s['qps']:,.0f} q/s; workers' memory at rest "
