@@ -154,6 +154,10 @@ def setup_dask_workers(client=None, *, warm_up=("keras", "kernels")):
     * limits XLA (JAX), numba and BLAS to one thread per task, as Dask runs
       one task per worker thread: a task using every core would compete with
       the worker's other tasks (call this before the workers run JAX);
+    * on Linux (glibc), lets a worker keep up to 64 MiB of freed memory for
+      reuse: Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``,
+      under which every large temporary goes back to the OS and is faulted
+      in again (a shard fit of 100k x 128 rows: 39 s, and 31 s after this);
     * pays the start-up of ``warm_up`` now, once per worker process, rather
       than in the first task that needs it (e.g. a grid search's first fit
       on each worker).

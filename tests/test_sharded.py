@@ -321,6 +321,10 @@ def test_grid_search_with_the_dask_backend_and_one_time_worker_setup(client):
     assert setup_dask_workers(client) == took
     flags = client.run(lambda: os.environ.get("XLA_FLAGS", ""))
     assert all("intra_op_parallelism_threads=1" in f for f in flags.values())
+    # The nanny's malloc trim threshold is lifted where glibc takes mallopt.
+    kept = client.run(lambda dask_worker: dask_worker.skknn_keeps_freed_memory)
+    glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION")
+    assert all(kept.values()) if glibc else not any(kept.values())
     with pytest.raises(ValueError, match="warm_up takes parts among"):
         setup_dask_workers(client, warm_up=("tensorflow",))
 
