@@ -529,14 +529,10 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstim
         n_queries, rows_of = self._queries(X)
         self._check_search_params(self.search_params_)
         dists, inds = [], []
-        for batch in query_batches(n_queries, self._query_batch):
-            d, i = self._radius(rows_of(batch), radius, self.search_params_)
-            for d_row, i_row in zip(d, i):
-                # Back to row numbers, in row-number order.
-                i_row = self._space.to_ids(i_row)
-                order = np.argsort(i_row, kind="stable")
-                dists.append(d_row[order].astype(self._space.dtype))
-                inds.append(i_row[order])
+        for d_row, i_row in self._radius_rows(rows_of, n_queries, radius, self.search_params_):
+            order = np.argsort(i_row, kind="stable")  # in row-number order
+            dists.append(d_row[order].astype(self._space.dtype))
+            inds.append(i_row[order])
         for row in range(n_queries):
             keep = np.ones(len(inds[row]), dtype=bool)
             if X is None:
@@ -547,6 +543,14 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstim
             dists[row], inds[row] = dists[row][keep], inds[row][keep]
         inds = _to_object_array(inds)
         return (_to_object_array(dists), inds) if return_distance else inds
+
+    def _radius_rows(self, rows_of, n_queries, radius, params):
+        """Per query, in order: float64 distances and fitted row numbers of the
+        rows found within ``radius`` (in the search's order)."""
+        for batch in query_batches(n_queries, self._query_batch):
+            d, i = self._radius(rows_of(batch), radius, params)
+            for d_row, i_row in zip(d, i):
+                yield d_row, self._space.to_ids(i_row)
 
     # ------------------------------------------------ subclass obligations
     def _fit_index(self, X, y, train_rows, rng):  # pragma: no cover - abstract

@@ -107,15 +107,12 @@ def _reference(shard, X, k):
 def _radius_rows(shard, rows_of, n, radius, params, own=None):
     shard._check_search_params(params)
     dists, inds = [], []
-    for batch in query_batches(n, shard._query_batch):
-        d, i = shard._radius(rows_of(batch), radius, params)
-        for row, (d_row, i_row) in enumerate(zip(d, i), start=batch.start):
-            i_row = shard._space.to_ids(i_row)
-            if own is not None:
-                keep = i_row != own[row]
-                d_row, i_row = d_row[keep], i_row[keep]
-            dists.append(d_row)
-            inds.append(i_row)
+    for row, (d_row, i_row) in enumerate(shard._radius_rows(rows_of, n, radius, params)):
+        if own is not None:
+            keep = i_row != own[row]
+            d_row, i_row = d_row[keep], i_row[keep]
+        dists.append(d_row)
+        inds.append(i_row)
     return dists, inds
 
 
