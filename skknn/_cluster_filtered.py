@@ -521,18 +521,28 @@ class ClusterFilteredKNN(SearchBase):
     def _centroid_route(self, B, n_probe):
         return block_topk(B, self._centers, n_probe, self._centers_sqnorm)[1]
 
-    def _router_proba(self, B):
-        """The router's probability of each cluster, and the queries it cannot
-        rank (beyond the training data's range, or overflowing)."""
+    def _router_weights(self, B):
+        """The router's probabilities times a positive factor per query
+        (``exp`` of the logits minus their maximum), their row sums, and the
+        queries it cannot rank (beyond the training data's range, or
+        overflowing: uniform weights)."""
         with np.errstate(over="ignore", invalid="ignore"):
             inputs = self._router_input(B)
-            logits = self._router(inputs)
-            logits -= logits.max(axis=1, keepdims=True)
-            P = np.exp(logits)
-            P /= P.sum(axis=1, keepdims=True)
-        lost = beyond_range(inputs, self._router_sqmax) | ~np.isfinite(P).all(axis=1)
-        P[lost] = 1.0 / self.n_clusters_
-        return P, lost
+            W = self._router(inputs)
+            W -= W.max(axis=1, keepdims=True)
+            np.exp(W, out=W)
+            # Every weight is in [0, 1] with a 1 in the row, or the row has
+            # a NaN and so has its sum.
+            total = W.sum(axis=1, dtype=np.float64)
+        lost = beyond_range(inputs, self._router_sqmax) | ~np.isfinite(total)
+        W[lost], total[lost] = 1.0, self.n_clusters_
+        return W, total, lost
+
+    def _router_proba(self, B):
+        """The router's probability of each cluster, and the queries it cannot
+        rank (see :meth:`_router_weights`)."""
+        W, total, lost = self._router_weights(B)
+        return W / total[:, None].astype(W.dtype), lost
 
     def _route(self, B, params):
         """Clusters each query (ranking rows ``B``) probes, most promising
@@ -542,8 +552,8 @@ class ClusterFilteredKNN(SearchBase):
             n_probe = min(n_probe, self.n_clusters_)
         if self._router is None:
             return self._centroid_route(B, n_probe)
-        P, lost = self._router_proba(B)
-        probes = _probe_order(P, self._sizes, n_probe, params.get("probe_mass"))
+        W, total, lost = self._router_weights(B)
+        probes = _probe_order(W, self._sizes, n_probe, params.get("probe_mass"), total)
         if lost.any():
             # Where the network only extrapolates: the nearest centres, every
             # cluster when probing by mass (exact search).
@@ -684,40 +694,31 @@ class ClusterFilteredKNN(SearchBase):
                 lambda rows: self._probe_knn_exact(q[rows], k, probes[rows]), len(q), n_jobs))
         found, values = scan_cell_groups(q.block, fitted.block, self._block_sq32, self._offsets,
                                          probes, k + _EXTRA_SELECTED, n_jobs)
-        # Re-ranking reads the fitted rows from memory; queries in the order
-        # of their best row read them in storage (cluster) order, sharing
-        # cache lines: 34 -> 23 ms for 10k Fashion-MNIST queries (one thread),
-        # kneighbors 181 -> 175 ms (two).
         if not len(q):
             return found[:, :k].astype(np.float64), found[:, :k]
-        order = np.argsort(found[np.arange(len(q)), np.argmin(values, axis=1)], kind="stable")
-        # Only the rows as given and their ranking norms are needed from here.
-        q_sorted, q_sq = self._space.rows(q.data[order]), q.sq[order]
-        probes, found, values = probes[order], found[order], values[order]
-        dist, ind = stack_parts(in_slices(
-            lambda rows: self._rerank_found(q_sorted[rows], q_sq[rows], k, probes[rows],
-                                            found[rows], values[rows]),
-            len(q), n_jobs,
-        ))
-        dist[order], ind[order] = dist.copy(), ind.copy()
-        return dist, ind
+        # Re-ranking reads the fitted rows from memory; queries visited in
+        # the order of their best row read them in storage (cluster) order,
+        # sharing cache lines: 34 -> 23 ms for 10k Fashion-MNIST queries (one
+        # thread), kneighbors 181 -> 175 ms (two).
+        visit = np.argsort(found[np.arange(len(q)), np.argmin(values, axis=1)], kind="stable")
+        return self._rerank_found(q, k, probes, found, values, visit, n_jobs)
 
-    def _rerank_found(self, q, q_sq, k, probes, found, values):
-        """Exact top-``k`` from the scan's rows and values (see :meth:`_probe_knn`);
-        ``q_sq`` are the squared norms of the queries' ranking rows."""
+    def _rerank_found(self, q, k, probes, found, values, visit, n_jobs):
+        """Exact top-``k`` from the scan's rows and values (see :meth:`_probe_knn`),
+        the ``k`` best of each query computed in the order ``visit``."""
         space = self._space
         order = np.argsort(values, axis=1)
         found = np.take_along_axis(found, order, axis=1)
         with np.errstate(over="ignore", invalid="ignore"):
             # Ranking values of the rows found, ascending (inf: none).
-            ranking = q_sq[:, None] + np.take_along_axis(values, order, axis=1)
+            ranking = q.sq[:, None] + np.take_along_axis(values, order, axis=1)
             if space.metric.name == "cosine":
                 ranking /= 2.0  # 1 - cos = |q - x|^2 / 2 for unit rows
-        error = space.error(q_sq, self._sq_max)
-        dist, ind = rerank(space, q, found[:, :k], k)
+        error = space.error(q.sq, self._sq_max)
+        dist, ind = rerank(space, q, found[:, :k], k, n_jobs, visit)
         unsure = _unsure(space, dist, ranking[:, k], error)
         if len(unsure):
-            dist[unsure], ind[unsure] = rerank(space, q[unsure], found[unsure], k)
+            dist[unsure], ind[unsure] = rerank(space, q[unsure], found[unsure], k, n_jobs)
             # Rows the scan left out rank at least as far as the last found
             # (inf where the scan found fewer than asked: none left out).
             unsure = unsure[_unsure(space, dist[unsure], ranking[unsure, -1], error[unsure])]
@@ -837,15 +838,16 @@ def _unsure(space, dist, next_ranking, error):
         return np.flatnonzero(~(next_ranking - error > kth))
 
 
-def _probe_order(P, sizes, n_probe=None, mass=None):
+def _probe_order(P, sizes, n_probe=None, mass=None, total=None):
     """Clusters to probe per query, best first, from the router's probabilities.
 
     Clusters are ranked by probability per fitted point (the neighbours a
     probe is expected to find per row it scans). With ``n_probe``: the
     ``n_probe`` best. With ``mass``: the best until their probabilities sum
-    to ``mass`` (every cluster for ``mass >= 1``), -1 after.
+    to ``mass`` (every cluster for ``mass >= 1``), -1 after. ``P`` may be
+    the probabilities times ``total`` (its row sums), None: they sum to 1.
     """
-    n_clusters = P.shape[1]
+    n_queries, n_clusters = P.shape
     # An empty cluster costs nothing to probe. In P's dtype: float32
     # probabilities divided by integer sizes would give float64 scores (a
     # pass 6x slower, and a kernel specialisation of its own).
@@ -855,13 +857,14 @@ def _probe_order(P, sizes, n_probe=None, mass=None):
         n_probe = n_clusters
     if n_probe is not None:
         return _sorted_topk(-score, ids, n_probe)[1]
-    order, counts = order_by_mass(P, score, mass, min(_MASS_WIDTH, n_clusters))
+    thresholds = mass * (np.ones(n_queries) if total is None else total)
+    order, counts = order_by_mass(P, score, thresholds, min(_MASS_WIDTH, n_clusters))
     wide = np.flatnonzero(counts < 0)
     if len(wide):
         # The few queries that need more: every cluster ranked, then cut.
         full = _sorted_topk(-score[wide], ids[wide], n_clusters)[1]
-        cum = np.cumsum(np.take_along_axis(P[wide], full, axis=1), axis=1)
-        counts[wide] = np.minimum((cum < mass).sum(axis=1) + 1, n_clusters)
+        cum = np.cumsum(np.take_along_axis(P[wide], full, axis=1), axis=1, dtype=np.float64)
+        counts[wide] = np.minimum((cum < thresholds[wide, None]).sum(axis=1) + 1, n_clusters)
         order = _padded(order, counts.max())
         order[wide] = np.where(np.arange(order.shape[1]) < counts[wide, None],
                                full[:, : order.shape[1]], -1)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.utils import gen_batches
 
-from ._kernels import in_slices, preload
+from ._kernels import centre_rows, in_slices, preload
 
 _ALIASES = {
     "euclidean": "euclidean",
@@ -193,15 +193,10 @@ class Rows:
         Returns self; slices of it (``rows[i:j]``) then share the result.
         """
         if self._block is None and self._make_block is not None and len(self.data):
-            parts = in_slices(lambda rows: self._make_block(self.data[rows]), len(self.data),
-                              n_jobs)
+            block, sq = self._make_block(self.data, n_jobs)
             with _RANKING_LOCK:
                 if self._block is None:
-                    if parts[0][1] is None:  # ranked by exact distances: the rows themselves
-                        self._block, self._sq = self.data, None
-                    else:
-                        self._block = np.vstack([b for b, _ in parts])
-                        self._sq = np.concatenate([sq for _, sq in parts])
+                    self._block, self._sq = block, sq
         return self
 
     @property
@@ -296,37 +291,49 @@ class Space:
         """:class:`Rows` of query rows ``X`` (in the fitted dtype, user units)."""
         return Rows(np.asarray(X, dtype=self.dtype), self._ranking_form)
 
-    def _ranking_form(self, data):
-        """The ranking rows of ``data`` and their squared norms."""
+    def _ranking_form(self, data, n_jobs=1):
+        """The ranking rows of ``data`` and their squared norms (slices of
+        the rows in up to ``n_jobs`` threads)."""
         if not self.metric.is_dot_product:
             return data, None
         block = np.empty(data.shape, dtype=np.float32)
+        sq = np.empty(len(data))
         # Float32 rows are centred in float32, 4x faster: one rounding of
         # x - centre, as in float64, and the centre's own rounding moves
         # fitted rows and queries alike. The power-of-two scale is exact
         # while it keeps float32 values normal.
-        in_float32 = data.dtype == np.float32 and self.centre is not None and (
-            2.0**-100 <= self.block_scale <= 2.0**100)
-        # A query far beyond the fitted rows may overflow float32 here: its
-        # squared norm is then inf, and searches compare it with every row
-        # exactly (see _search._RANKABLE_SQ).
-        with np.errstate(over="ignore", invalid="ignore"):
-            for chunk in gen_batches(len(data), _ROW_CHUNK):
-                if in_float32:
-                    part = np.subtract(data[chunk], self.centre.astype(np.float32),
-                                       out=block[chunk])
-                    part *= np.float32(self.block_scale)
-                    if np.isfinite(part).all():
-                        continue
-                part = data[chunk].astype(np.float64)
-                if self.metric.name == "cosine":
-                    part, _ = _unit_rows(part)
-                else:
-                    part -= self.centre
-                    part *= self.block_scale
-                block[chunk] = part
-            sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        if data.dtype == np.float32 and self.centre is not None and (
+                2.0**-100 <= self.block_scale <= 2.0**100):
+            centre_rows(data, self.centre.astype(np.float32), self.block_scale, block, sq,
+                        n_jobs)
+            # Rows that overflowed float32 there (queries far beyond the
+            # fitted rows) are made as in float64; their squared norm may
+            # still be inf, and searches then compare them with every row
+            # exactly (see _search._RANKABLE_SQ).
+            redo = np.flatnonzero(~np.isfinite(sq))
+            if len(redo):
+                block[redo], sq[redo] = self._ranking_form64(data[redo])
+            return block, sq
+
+        def fill(rows):
+            for chunk in gen_batches(rows.stop - rows.start, _ROW_CHUNK):
+                chunk = slice(rows.start + chunk.start, rows.start + chunk.stop)
+                block[chunk], sq[chunk] = self._ranking_form64(data[chunk])
+
+        in_slices(fill, len(data), n_jobs)
         return block, sq
+
+    def _ranking_form64(self, data):
+        """:meth:`_ranking_form` of a few rows, computed in float64."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            part = data.astype(np.float64)
+            if self.metric.name == "cosine":
+                part, _ = _unit_rows(part)
+            else:
+                part -= self.centre
+                part *= self.block_scale
+            part = part.astype(np.float32)
+            return part, np.einsum("ij,ij->i", part, part, dtype=np.float64)
 
     def unit_raw(self, rows):
         """The rows as learned models see them: unit-normalised for cosine."""

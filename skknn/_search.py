@@ -99,7 +99,7 @@ def _sorted_topk(dist, ind, k):
 
 
 # ---------------------------------------------------------------- re-ranking
-def rerank(space, q, candidates, k, n_jobs=1):
+def rerank(space, q, candidates, k, n_jobs=1, visit=None):
     """Exact top-``k`` of each query among its candidate rows.
 
     Parameters
@@ -113,6 +113,9 @@ def rerank(space, q, candidates, k, n_jobs=1):
         Neighbours to return.
     n_jobs : int
         Threads of the compiled distance kernel.
+    visit : ndarray of shape (n_queries,), default=None
+        Order in which the kernel computes the queries (see
+        :func:`~skknn._kernels.candidate_distances`); the result is the same.
 
     Returns
     -------
@@ -123,7 +126,7 @@ def rerank(space, q, candidates, k, n_jobs=1):
     """
     candidates = np.asarray(candidates, dtype=np.intp)
     X = space.fitted.data
-    dist = candidate_distances(space.metric, q.data, X, candidates, n_jobs)
+    dist = candidate_distances(space.metric, q.data, X, candidates, n_jobs, visit)
     ind = np.where(candidates < 0, -1, candidates)
     if dist.shape[1] < k:  # pad, so that every query has k places
         pad = k - dist.shape[1]

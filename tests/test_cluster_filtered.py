@@ -321,6 +321,11 @@ def test_probe_order_kernel_matches_sorting(mass, rng):
         expected = order[: min(need, 40)]
         assert_array_equal(p[: len(expected)], expected)
         assert np.all(p[len(expected):] == -1)
+    # Weights scaled per query, with their sums: the same clusters (powers
+    # of two, so that the uniform rows' exact ties stay exact).
+    total = 2.0 ** rng.randint(-5, 6, size=300)
+    assert_array_equal(cf_module._probe_order(P * total[:, None], sizes, mass=mass, total=total),
+                       probes)
 
 
 def test_search_clusters_is_exact_within_the_clusters(by_mass, blobs):

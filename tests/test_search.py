@@ -186,6 +186,9 @@ def test_compiled_kernel_matches_paired_distances(metric, dtype, rng):
     valid = cand >= 0
     assert_allclose(compiled[valid], reference[valid], rtol=1e-12, atol=1e-12)
     assert np.isinf(compiled[~valid]).all()
+    # Visiting the queries in another order changes nothing.
+    visited = candidate_distances(space.metric, Q, X, cand, n_jobs=2, visit=rng.permutation(150))
+    assert_array_equal(visited, compiled)
 
 
 _FRESH_PROCESS = """
@@ -258,3 +261,36 @@ def test_ranking_rows_prepared_in_slices_equal_lazy_ones(rng):
     assert_array_equal(prepared.block, lazy.block)
     assert_array_equal(prepared.sq, lazy.sq)
     assert_array_equal(prepared[10:20].block, lazy.block[10:20])
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-20, 1e20])
+def test_ranking_rows_are_numpys_float32_centring(scale, rng):
+    """The compiled centring rounds each entry as NumPy's float32 arithmetic."""
+    X = ((rng.randn(300, 37) + 1e4) * scale).astype(np.float32)
+    space = Space(resolve_metric("euclidean"), X)
+    Q = ((rng.randn(500, 37) + 1e4) * scale).astype(np.float32)
+    rows = space.rows(Q).prepare(n_jobs=2)
+    centre = space.centre.astype(np.float32)
+    expected = (Q - centre) * np.float32(space.block_scale)
+    assert_array_equal(rows.block, expected)
+    assert_allclose(rows.sq, np.einsum("ij,ij->i", expected.astype(np.float64),
+                                       expected.astype(np.float64)), rtol=1e-12)
+
+
+def test_ranking_rows_of_an_overflowing_query_leave_the_others_alone(rng):
+    """A query beyond float32 after centring gets inf; its neighbours keep
+    their float32 rows (and exact search still answers every query)."""
+    X = (rng.randn(300, 7) / 64 + 1e4).astype(np.float32)
+    space = Space(resolve_metric("euclidean"), X)
+    assert space.block_scale > 1  # so that Q[3] - centre overflows once scaled
+    Q = (rng.randn(50, 7) / 64 + 1e4).astype(np.float32)
+    Q[3] = 3e38
+    rows = space.rows(Q).prepare()
+    assert np.isinf(rows.sq[3]) and np.isfinite(np.delete(rows.sq, 3)).all()
+    with np.errstate(over="ignore"):
+        expected = (Q - space.centre.astype(np.float32)) * np.float32(space.block_scale)
+    assert_array_equal(np.delete(rows.block, 3, axis=0), np.delete(expected, 3, axis=0))
+    dist, _ = exact_kneighbors(space, space.rows(Q), 3)
+    ref_dist, _ = NearestNeighbors(n_neighbors=3).fit(
+        X.astype(np.float64)).kneighbors(Q.astype(np.float64))
+    assert_allclose(dist, ref_dist, rtol=1e-12)
