@@ -16,7 +16,7 @@ estimator waits for it at the end of ``fit``) or unpickled.
 The second kernel, :func:`scan_cells`, serves the inverted-file candidate
 index: cell by cell, it multiplies the cell's codes with every query probing
 that cell (one BLAS product, as an inverted file in faiss does) and keeps
-each query's nearest ``n`` in a bounded heap, so no per-query distance array
+each query's nearest ``n`` in a short sorted list, so no per-query distance array
 is built or partitioned. Measured on 8k Fashion-MNIST queries, 128-d codes,
 5 cells of ~245 codes probed, 2 threads: 55 ms, against 125-145 ms for a
 scan of one query at a time.
@@ -138,26 +138,13 @@ def _compile():
                     out[i, j] = pow_diff(q, X[row], p)
 
     @jit
-    def sift_down(heap_d, heap_i, size):
-        # A max-heap: after its root was replaced, move the root down.
-        pos = 0
-        while True:
-            child = 2 * pos + 1
-            if child >= size:
-                break
-            if child + 1 < size and heap_d[child + 1] > heap_d[child]:
-                child += 1
-            if heap_d[child] <= heap_d[pos]:
-                break
-            heap_d[pos], heap_d[child] = heap_d[child], heap_d[pos]
-            heap_i[pos], heap_i[child] = heap_i[child], heap_i[pos]
-            pos = child
-
-    @jit
     def scan_cells(Q, Z, z_sq, starts, probes, out, heap_d):
         # Cell by cell, one matrix product of the cell's codes with every
-        # query probing it; each query keeps its n best in a max-heap (values
-        # in heap_d, positions in out).
+        # query probing it; each query keeps its n best sorted by value
+        # (values in heap_d, positions in out). Sorted insertion, not a
+        # heap: ~90 rows enter per query, and shifting a few of n ~ 18
+        # entries costs fewer mispredicted branches than sifting (scan of
+        # 10k Fashion-MNIST queries, one thread: 118 vs 127 ms).
         n_queries, n_probes = probes.shape
         n = out.shape[1]
         n_cells = starts.shape[0] - 1
@@ -194,12 +181,18 @@ def _compile():
             for a in range(n_probing):
                 i = queries[a]
                 hd, hi = heap_d[i], out[i]
+                worst = hd[n - 1]
                 for b in range(stop - first):
                     value = z_sq[first + b] - 2.0 * G[a, b]
-                    if value < hd[0]:
-                        hd[0] = value
-                        hi[0] = first + b
-                        sift_down(hd, hi, n)
+                    if value < worst:
+                        pos = n - 1
+                        while pos > 0 and hd[pos - 1] > value:
+                            hd[pos] = hd[pos - 1]
+                            hi[pos] = hi[pos - 1]
+                            pos -= 1
+                        hd[pos] = value
+                        hi[pos] = first + b
+                        worst = hd[n - 1]
 
     @jit
     def sq_norm(row):
