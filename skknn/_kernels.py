@@ -323,7 +323,7 @@ def candidate_distances(metric, Q, X, candidates, n_jobs=1, visit=None):
     out = np.empty(candidates.shape, dtype=np.float64)
     code, p = _CODES[metric.name], float(metric.p)
 
-    visit = np.arange(len(Q)) if visit is None else np.asarray(visit, dtype=np.intp)
+    visit = np.arange(len(Q)) if visit is None else np.ascontiguousarray(visit, dtype=np.intp)
     in_slices(lambda rows: kernel(Q, X, candidates, code, p, out, visit[rows]), len(Q), n_jobs)
     return out
 
