@@ -16,10 +16,10 @@ estimator waits for it at the end of ``fit``) or unpickled.
 The second kernel, :func:`scan_cells`, serves the inverted-file candidate
 index: cell by cell, it multiplies the cell's codes with every query probing
 that cell (one BLAS product, as an inverted file in faiss does) and keeps
-each query's nearest ``n`` in a short sorted list, so no per-query distance array
-is built or partitioned. Measured on 8k Fashion-MNIST queries, 128-d codes,
-5 cells of ~245 codes probed, 2 threads: 55 ms, against 125-145 ms for a
-scan of one query at a time.
+each query's nearest ``n`` in a short sorted list (a heap for large ``n``),
+so no per-query distance array is built or partitioned. Measured on 8k
+Fashion-MNIST queries, 128-d codes, 5 cells of ~245 codes probed, 2
+threads: 55 ms, against 125-145 ms for a scan of one query at a time.
 """
 
 import functools
@@ -40,6 +40,12 @@ _CODES = {
 }
 _KERNEL = None
 _LOCK = threading.Lock()
+# The cell scan keeps a query's best n rows in a sorted list up to this n, in
+# a heap beyond. One thread, 10k queries, 60k x 128 codes in 245 cells
+# (n: heap vs sorted ms): 18: 90 vs 74, 40: 135 vs 114, 64: 244 vs 205,
+# 80 and 96: each ahead in one of two measurements, 160: 613 vs 689;
+# Fashion-MNIST rows (784-d), n = 18: 127 vs 118.
+_SORTED_UP_TO = 64
 
 
 def _compile():
@@ -138,13 +144,28 @@ def _compile():
                     out[i, j] = pow_diff(q, X[row], p)
 
     @jit
+    def sift_down(heap_d, heap_i, size):
+        # A max-heap: after its root was replaced, move the root down.
+        pos = 0
+        while True:
+            child = 2 * pos + 1
+            if child >= size:
+                break
+            if child + 1 < size and heap_d[child + 1] > heap_d[child]:
+                child += 1
+            if heap_d[child] <= heap_d[pos]:
+                break
+            heap_d[pos], heap_d[child] = heap_d[child], heap_d[pos]
+            heap_i[pos], heap_i[child] = heap_i[child], heap_i[pos]
+            pos = child
+
+    @jit
     def scan_cells(Q, Z, z_sq, starts, probes, out, heap_d):
         # Cell by cell, one matrix product of the cell's codes with every
-        # query probing it; each query keeps its n best sorted by value
-        # (values in heap_d, positions in out). Sorted insertion, not a
-        # heap: ~90 rows enter per query, and shifting a few of n ~ 18
-        # entries costs fewer mispredicted branches than sifting (scan of
-        # 10k Fashion-MNIST queries, one thread: 118 vs 127 ms).
+        # query probing it; each query keeps its n best (values in heap_d,
+        # positions in out): sorted by value for n up to _SORTED_UP_TO,
+        # where shifting a few entries mispredicts fewer branches than
+        # sifting a heap, and in a max-heap beyond (measured below).
         n_queries, n_probes = probes.shape
         n = out.shape[1]
         n_cells = starts.shape[0] - 1
@@ -181,6 +202,14 @@ def _compile():
             for a in range(n_probing):
                 i = queries[a]
                 hd, hi = heap_d[i], out[i]
+                if n > _SORTED_UP_TO:
+                    for b in range(stop - first):
+                        value = z_sq[first + b] - 2.0 * G[a, b]
+                        if value < hd[0]:
+                            hd[0] = value
+                            hi[0] = first + b
+                            sift_down(hd, hi, n)
+                    continue
                 worst = hd[n - 1]
                 for b in range(stop - first):
                     value = z_sq[first + b] - 2.0 * G[a, b]

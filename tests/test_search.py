@@ -226,7 +226,8 @@ def test_the_kernel_is_loaded_by_fit_and_by_unpickling(tmp_path):
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2, 3])
-def test_cell_scans_keep_the_nearest_and_bound_the_rest(n_jobs, rng):
+@pytest.mark.parametrize("n", [12, 70])  # a sorted list, a heap (_SORTED_UP_TO)
+def test_cell_scans_keep_the_nearest_and_bound_the_rest(n_jobs, n, rng):
     from skknn._kernels import scan_cell_groups, scan_cells
 
     Z = rng.randn(600, 5).astype(np.float32)
@@ -235,7 +236,6 @@ def test_cell_scans_keep_the_nearest_and_bound_the_rest(n_jobs, rng):
     Q = rng.randn(300, 5).astype(np.float32)
     probes = np.stack([rng.permutation(5)[:3] for _ in range(300)])
     probes[::7, 2] = -1  # skipped
-    n = 12
     for rows, values in (scan_cells(Q, Z, z_sq, starts, probes, n, n_jobs, return_values=True),
                          scan_cell_groups(Q, Z, z_sq, starts, probes, n, n_jobs)):
         for i in range(len(Q)):
@@ -244,7 +244,7 @@ def test_cell_scans_keep_the_nearest_and_bound_the_rest(n_jobs, rng):
             exact = z_sq[scanned] - 2.0 * (Z[scanned] @ Q[i])
             kept = rows[i][rows[i] >= 0]
             assert len(kept) == min(n, len(scanned)) and set(kept) <= set(scanned)
-            assert_allclose(np.sort(values[i][: len(kept)]),
+            assert_allclose(np.sort(values[i][rows[i] >= 0]),
                             np.sort(exact[np.searchsorted(scanned, kept)]), rtol=1e-5, atol=1e-5)
             # Every row left out ranks at least as far as the last kept.
             left = np.setdiff1d(scanned, kept)
