@@ -16,7 +16,7 @@ estimator waits for it at the end of ``fit``) or unpickled.
 The second kernel, :func:`scan_cells`, serves the inverted-file candidate
 index: cell by cell, it multiplies the cell's codes with every query probing
 that cell (one BLAS product, as an inverted file in faiss does) and keeps
-each query's nearest ``n`` in a short sorted list (a heap for large ``n``),
+each query's nearest ``n`` in a short sorted list (a cut buffer for large ``n``),
 so no per-query distance array is built or partitioned. Measured on 8k
 Fashion-MNIST queries, 128-d codes, 5 cells of ~245 codes probed, 2
 threads: 55 ms, against 125-145 ms for a scan of one query at a time.
@@ -41,10 +41,11 @@ _CODES = {
 _KERNEL = None
 _LOCK = threading.Lock()
 # The cell scan keeps a query's best n rows in a sorted list up to this n, in
-# a heap beyond. One thread, 10k queries, 60k x 128 codes in 245 cells
-# (n: heap vs sorted ms): 18: 90 vs 74, 40: 135 vs 114, 64: 244 vs 205,
-# 80 and 96: each ahead in one of two measurements, 160: 613 vs 689;
-# Fashion-MNIST rows (784-d), n = 18: 127 vs 118.
+# a cut buffer beyond (see scan_cells). One thread, 10k queries, 60k x 128
+# codes in 245 cells, ms with a heap / sorted list / buffer: n = 18: 90 /
+# 74 / -, 40: 135 / 114 / -, 64: 230-244 / 205 / 204, 100: 366 / - / 296,
+# 160: 593-613 / 689 / 440; Fashion-MNIST rows (784-d), n = 18: 127 / 118 /
+# 133.
 _SORTED_UP_TO = 64
 
 
@@ -144,28 +145,43 @@ def _compile():
                     out[i, j] = pow_diff(q, X[row], p)
 
     @jit
-    def sift_down(heap_d, heap_i, size):
-        # A max-heap: after its root was replaced, move the root down.
-        pos = 0
-        while True:
-            child = 2 * pos + 1
-            if child >= size:
+    def select_smallest(d, ix, length, n):
+        # Move the n smallest of d[:length] (finite) to the front, in no
+        # particular order, ix alongside (quickselect); return the largest
+        # of them.
+        lo, hi = 0, length - 1
+        while lo < hi:
+            pivot = d[(lo + hi) // 2]
+            a, b = lo, hi
+            while a <= b:
+                while d[a] < pivot:
+                    a += 1
+                while d[b] > pivot:
+                    b -= 1
+                if a <= b:
+                    d[a], d[b] = d[b], d[a]
+                    ix[a], ix[b] = ix[b], ix[a]
+                    a += 1
+                    b -= 1
+            if n - 1 <= b:
+                hi = b
+            elif n - 1 >= a:
+                lo = a
+            else:
                 break
-            if child + 1 < size and heap_d[child + 1] > heap_d[child]:
-                child += 1
-            if heap_d[child] <= heap_d[pos]:
-                break
-            heap_d[pos], heap_d[child] = heap_d[child], heap_d[pos]
-            heap_i[pos], heap_i[child] = heap_i[child], heap_i[pos]
-            pos = child
+        top = d[0]
+        for t in range(1, n):
+            top = max(top, d[t])
+        return top
 
     @jit
     def scan_cells(Q, Z, z_sq, starts, probes, out, heap_d):
         # Cell by cell, one matrix product of the cell's codes with every
         # query probing it; each query keeps its n best (values in heap_d,
-        # positions in out): sorted by value for n up to _SORTED_UP_TO,
-        # where shifting a few entries mispredicts fewer branches than
-        # sifting a heap, and in a max-heap beyond (measured below).
+        # positions in out). Up to _SORTED_UP_TO of them in a sorted list;
+        # beyond, rows below a threshold are appended to a buffer of 2n,
+        # and a full buffer is cut to its n best (the threshold: their
+        # largest). Both beat a heap, which mispredicts a branch per level.
         n_queries, n_probes = probes.shape
         n = out.shape[1]
         n_cells = starts.shape[0] - 1
@@ -187,6 +203,12 @@ def _compile():
                     filled[cell] += 1
         heap_d[:] = np.inf
         out[:] = -1
+        big = n > _SORTED_UP_TO
+        n_big, cap = (n_queries, 2 * n) if big else (0, 0)
+        buf_d = np.empty((n_big, cap), dtype=np.float32)
+        buf_i = np.empty((n_big, cap), dtype=np.intp)
+        count = np.zeros(n_big, dtype=np.intp)
+        thresh = np.full(n_big, np.inf, dtype=np.float32)
         for cell in range(n_cells):
             first, stop = starts[cell], starts[cell + 1]
             n_probing = offsets[cell + 1] - offsets[cell]
@@ -202,13 +224,19 @@ def _compile():
             for a in range(n_probing):
                 i = queries[a]
                 hd, hi = heap_d[i], out[i]
-                if n > _SORTED_UP_TO:
+                if big:
+                    bd, bi = buf_d[i], buf_i[i]
+                    filled_i, below = count[i], thresh[i]
                     for b in range(stop - first):
                         value = z_sq[first + b] - 2.0 * G[a, b]
-                        if value < hd[0]:
-                            hd[0] = value
-                            hi[0] = first + b
-                            sift_down(hd, hi, n)
+                        if value < below:
+                            bd[filled_i] = value
+                            bi[filled_i] = first + b
+                            filled_i += 1
+                            if filled_i == cap:
+                                below = select_smallest(bd, bi, cap, n)
+                                filled_i = n
+                    count[i], thresh[i] = filled_i, below
                     continue
                 worst = hd[n - 1]
                 for b in range(stop - first):
@@ -222,6 +250,14 @@ def _compile():
                         hd[pos] = value
                         hi[pos] = first + b
                         worst = hd[n - 1]
+        for i in range(n_big):
+            kept = count[i]
+            if kept > n:
+                select_smallest(buf_d[i], buf_i[i], kept, n)
+                kept = n
+            for t in range(kept):
+                heap_d[i, t] = buf_d[i, t]
+                out[i, t] = buf_i[i, t]
 
     @jit
     def sq_norm(row):

@@ -294,3 +294,23 @@ def test_ranking_rows_of_an_overflowing_query_leave_the_others_alone(rng):
     ref_dist, _ = NearestNeighbors(n_neighbors=3).fit(
         X.astype(np.float64)).kneighbors(Q.astype(np.float64))
     assert_allclose(dist, ref_dist, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [5, 70, 200])
+def test_cell_scans_with_many_tied_rows(n, rng):
+    """Rows with equal values (a sorted list's and a cut buffer's worst case)."""
+    from skknn._kernels import scan_cells
+
+    Z = rng.randn(3, 4).astype(np.float32)[rng.randint(0, 3, size=900)]
+    starts = np.array([0, 300, 600, 900])
+    z_sq = np.einsum("ij,ij->i", Z, Z)
+    Q = rng.randn(50, 4).astype(np.float32)
+    probes = np.tile([0, 1, 2], (50, 1))
+    rows, values = scan_cells(Q, Z, z_sq, starts, probes, n, return_values=True)
+    exact = z_sq[None, :] - 2.0 * (Q @ Z.T)
+    for i in range(len(Q)):
+        kept = rows[i][rows[i] >= 0]
+        assert len(np.unique(kept)) == n
+        # The n smallest values, whichever of the tied rows hold them.
+        assert_allclose(np.sort(values[i]), np.sort(exact[i])[:n], rtol=1e-5, atol=1e-5)
+        assert np.delete(exact[i], kept).min() >= values[i].max() - 1e-5
