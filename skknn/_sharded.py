@@ -376,7 +376,9 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
             X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
                               order="C")
         n_samples = X.shape[0]
-        workers = sorted(client.scheduler_info()["workers"])
+        # Asked of the scheduler now: scheduler_info()'s cached copy may be
+        # one a periodic refresh made without the workers (distributed 2026.8).
+        workers = sorted(client.nthreads())
         n_shards = self.n_shards or len(workers)
         if n_shards > n_samples:
             raise ValueError(

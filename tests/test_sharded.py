@@ -91,6 +91,16 @@ def test_scikit_learn_estimator_checks(client):
     assert sum(r["status"] == "passed" for r in results) >= 35
 
 
+def test_fit_asks_the_scheduler_for_the_workers(client, rng, monkeypatch):
+    """Client.scheduler_info() may return a copy without the workers, cached by
+    a periodic refresh (distributed 2026.8): fit must not count them there."""
+    monkeypatch.setattr(client, "scheduler_info", lambda *args, **kwargs: {"workers": {}})
+    X = rng.randn(40, 3)
+    ours = ShardedNeighbors(exact_learned(n_neighbors=2), client=client).fit(X)
+    assert ours.n_shards_ == 2
+    assert_array_equal(ours.kneighbors(X[:5], 1, return_distance=False).ravel(), np.arange(5))
+
+
 def test_shards_hold_contiguous_rows_and_answer_with_global_rows(client, rng):
     X = rng.randn(403, 5)
     ours = ShardedNeighbors(exact_learned(n_neighbors=4), n_shards=3, client=client).fit(X)
@@ -315,7 +325,7 @@ def test_grid_search_with_the_dask_backend_and_one_time_worker_setup(client):
     from skknn import setup_dask_workers
 
     took = setup_dask_workers(client)
-    assert set(took) == set(client.scheduler_info()["workers"])
+    assert set(took) == set(client.nthreads())
     assert all(set(parts) == {"keras", "kernels"} for parts in took.values())
     # Once per worker process: registering again does not warm up again.
     assert setup_dask_workers(client) == took
