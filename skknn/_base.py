@@ -403,15 +403,15 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstim
         def rows_of(batch):
             part = X[batch]
             part = part.toarray() if issparse(part) else part
-            if part.dtype == self._space.dtype:  # checked finite by validate_data
-                return self._space.rows(_check_range(part))
-            with np.errstate(over="ignore"):
-                part = part.astype(self._space.dtype)
-            if not np.isfinite(part).all():
-                raise ValueError(
-                    f"Input X has values too large for {self._space.dtype}, the dtype of "
-                    "the data this estimator was fitted on."
-                )
+            # validate_data checked the rows as given; a cast may overflow.
+            if part.dtype != self._space.dtype:
+                with np.errstate(over="ignore"):
+                    part = part.astype(self._space.dtype)
+                if not np.isfinite(part).all():
+                    raise ValueError(
+                        f"Input X has values too large for {self._space.dtype}, the dtype of "
+                        "the data this estimator was fitted on."
+                    )
             return self._space.rows(_check_range(part))
 
         return X.shape[0], rows_of
