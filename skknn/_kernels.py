@@ -223,7 +223,6 @@ def _compile():
             G = np.dot(Qc, Z[first:stop].T)
             for a in range(n_probing):
                 i = queries[a]
-                hd, hi = heap_d[i], out[i]
                 if big:
                     bd, bi = buf_d[i], buf_i[i]
                     filled_i, below = count[i], thresh[i]
@@ -238,6 +237,7 @@ def _compile():
                                 filled_i = n
                     count[i], thresh[i] = filled_i, below
                     continue
+                hd, hi = heap_d[i], out[i]
                 worst = hd[n - 1]
                 for b in range(stop - first):
                     value = z_sq[first + b] - 2.0 * G[a, b]
