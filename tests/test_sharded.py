@@ -349,3 +349,22 @@ def test_grid_search_with_the_dask_backend_and_one_time_worker_setup(client):
         search.fit(X, y)
     ref = GridSearchCV(pipe, grid, cv=2).fit(X, y)
     assert_allclose(search.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"])
+
+
+def _thread_cpus():
+    return {tuple(sorted(os.sched_getaffinity(int(task))))
+            for task in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs sched_setaffinity and two CPUs")
+def test_worker_setup_gives_jax_one_thread_per_task_and_every_thread_all_cpus():
+    from skknn import setup_dask_workers
+
+    with _cluster(1) as cluster, distributed.Client(cluster) as client:
+        setup_dask_workers(client, warm_up=("kernels",))
+        assert list(client.run(lambda dask_worker: dask_worker.skknn_jax_threads).values()) \
+            == [1]
+        # No thread is left on the one CPU the JAX client was started on.
+        cpus = tuple(sorted(os.sched_getaffinity(0)))
+        assert list(client.run(_thread_cpus).values()) == [{cpus}]
