@@ -12,6 +12,9 @@ exact neighbours from a float64 brute force. Measured in one run, k = 10:
   on a ``LocalCluster`` with one thread per worker (the same two shards, so
   that the work is the same and only the workers differ), after
   :func:`skknn.setup_dask_workers`;
+* ``1 worker clusters`` and ``2 workers clusters``: the same with
+  ``placement='clusters'`` (each query visits the shards of its nearest
+  coarse centres);
 * ``2 replicas``: ``ShardedNeighbors(estimator, n_shards=1, replicas=2)`` on
   two such workers: the whole index on each, the queries shared.
 
@@ -104,7 +107,8 @@ def _worker_rss(client):
     return client.run(rss)
 
 
-def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=1):
+def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=1,
+             placement="rows"):
     from distributed import Client, LocalCluster
 
     from skknn import ShardedNeighbors, setup_dask_workers
@@ -115,10 +119,11 @@ def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=
         setup_dask_workers(client)
         start = time.perf_counter()
         sharded = ShardedNeighbors(estimator, n_shards=n_shards, replicas=replicas,
-                                   client=client).fit(X)
+                                   placement=placement, client=client).fit(X)
         fit_s = time.perf_counter() - start
-        _log(f"{n_workers} worker(s), {n_shards} shard(s) x {replicas}: fit {fit_s:.1f} s, "
-             f"recall_={sharded.recall_:.4f}")
+        _log(f"{n_workers} worker(s), {n_shards} shard(s) x {replicas}, {placement}: fit "
+             f"{fit_s:.1f} s, recall_={sharded.recall_:.4f}, coarse_probe_="
+             f"{sharded.coarse_probe_}")
         efforts = list(zip(*[s._search_efforts() for s in sharded.gather_shards()]))
 
         def set_effort(effort):
@@ -126,9 +131,13 @@ def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=
 
         rows = _sweep(sharded.kneighbors, set_effort, efforts, Q, exact_dist)
         result = {"fit_s": fit_s, "sweep": [(e[0], r, q) for e, r, q in rows],
+                  "coarse_probe": sharded.coarse_probe_,
+                  # Shards a query visits (all of them with placement='rows').
+                  "shards_per_query": n_shards if placement == "rows" else float(
+                      sharded._router.visits(Q, sharded.coarse_probe_).sum(axis=1).mean()),
                   "at_recall": _at_recall([(e[0], r, q) for e, r, q in rows], args.recall),
                   "peak_rss_mb_per_worker": _worker_peaks(client)}
-        if n_workers == 2 and n_shards == 2 and args.stream:
+        if n_workers == 2 and n_shards == 2 and args.stream and placement == "rows":
             chosen = result["at_recall"] or {"effort": rows[-1][0][0]}
             sharded.search_params_ = [chosen["effort"]] * 2
             result["stream"] = _stream(client, sharded, X.shape[1], args.stream)
@@ -178,6 +187,8 @@ def main(argv=None):
     parser.add_argument("--recall", type=float, default=0.95)
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--stream", type=int, default=2_000_000)
+    parser.add_argument("--placement", nargs="+", choices=["rows", "clusters"],
+                        default=["rows", "clusters"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -206,8 +217,12 @@ def main(argv=None):
     rows = _sweep(single.kneighbors, set_effort, _efforts(single), Q, exact_dist)
     results["single"] = {"fit_s": fit_s, "sweep": rows,
                          "at_recall": _at_recall(rows, args.recall)}
-    for n_workers in (1, 2):
-        results[f"{n_workers} worker"] = _sharded(n_workers, estimator, X, Q, exact_dist, args)
+    for placement in args.placement:
+        name = "" if placement == "rows" else " clusters"
+        for n_workers in (1, 2):
+            results[f"{n_workers} worker{name}"] = _sharded(n_workers, estimator, X, Q,
+                                                            exact_dist, args,
+                                                            placement=placement)
     results["2 replicas"] = _sharded(2, estimator, X, Q, exact_dist, args, n_shards=1,
                                      replicas=2)
 
@@ -217,20 +232,26 @@ def main(argv=None):
     print(f"{args.n_samples:,} x {args.n_features} embedding-like, {args.queries:,} queries, "
           f"k={K}, "
           f"{type(estimator).__name__}; q/s at recall >= {args.recall}")
-    print(f"{'':<12} {'fit s':>7} {'q/s':>9} {'recall':>7}  effort   peak RSS per worker (MB)")
+    print(f"{'':<18} {'fit s':>7} {'q/s':>9} {'recall':>7} {'shards/q':>8}  effort   "
+          "peak RSS per worker (MB)")
     for name, res in results.items():
         point = res["at_recall"] or {}
         peaks = " / ".join(f"{p:.0f}" for p in res.get("peak_rss_mb_per_worker", []))
-        print(f"{name:<12} {res['fit_s']:>7.1f} {point.get('qps', float('nan')):>9,.0f} "
-              f"{point.get('recall', float('nan')):>7.4f}  {point.get('effort')}  {peaks}")
-    one, two, single = results["1 worker"], results["2 worker"], results["single"]
-    if one["at_recall"] and two["at_recall"]:
-        wall = lambda r: r["fit_s"] + args.queries / r["at_recall"]["qps"]  # noqa: E731
-        print(f"2 workers / 1 worker wall time (fit + {args.queries:,} queries): "
-              f"{wall(two) / wall(one):.2f}x  (fit {two['fit_s'] / one['fit_s']:.2f}x, "
-              f"query {one['at_recall']['qps'] / two['at_recall']['qps']:.2f}x)")
-    for name in ("2 worker", "2 replicas"):
-        if results[name]["at_recall"] and single["at_recall"]:
+        print(f"{name:<18} {res['fit_s']:>7.1f} {point.get('qps', float('nan')):>9,.0f} "
+              f"{point.get('recall', float('nan')):>7.4f} {res.get('shards_per_query', 1):>8.2f}"
+              f"  {point.get('effort')}  {peaks}")
+    single = results["single"]
+    for name in ("", " clusters"):
+        if f"1 worker{name}" not in results:
+            continue
+        one, two = results[f"1 worker{name}"], results[f"2 worker{name}"]
+        if one["at_recall"] and two["at_recall"]:
+            wall = lambda r: r["fit_s"] + args.queries / r["at_recall"]["qps"]  # noqa: E731
+            print(f"2 workers / 1 worker wall time{name} (fit + {args.queries:,} queries): "
+                  f"{wall(two) / wall(one):.2f}x  (fit {two['fit_s'] / one['fit_s']:.2f}x, "
+                  f"query {one['at_recall']['qps'] / two['at_recall']['qps']:.2f}x)")
+    for name in ("2 worker", "2 worker clusters", "2 replicas"):
+        if name in results and results[name]["at_recall"] and single["at_recall"]:
             print(f"{name} q/s / single process q/s: "
                   f"{results[name]['at_recall']['qps'] / single['at_recall']['qps']:.2f}x")
     if "stream" in two:

@@ -15,9 +15,10 @@ from collections import deque
 from concurrent.futures import CancelledError
 
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state, gen_even_slices
-from sklearn.utils._param_validation import HasMethods, Interval
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import (
@@ -30,12 +31,19 @@ from ._base import (
     query_batches,
 )
 from ._indexes import import_optional
+from ._placement import fit_router, probe_grid
 from ._search import drop_self, recall_at_k, reference_kneighbors, stack_parts
 
 # Bytes of float64 query rows sent to the shards as one chunk (one task per
 # shard and chunk): large enough that a task's overhead (~1 ms) is small
 # against its search, small enough to bound each worker's memory.
 _CHUNK_BYTES = 2**25
+# placement='clusters': rows the coarse centres are fitted on; the share of
+# the recall target's misses the routing may cause when choosing
+# coarse_probe_ (and the recall it keeps with no target).
+_PLACEMENT_SAMPLE = 20_000
+_ROUTING_SHARE = 0.25
+_ROUTING_RECALL = 0.995
 
 
 class ShardLostError(RuntimeError):
@@ -79,11 +87,31 @@ def _fitted_rows(shard, ids):
     return shard._space.fitted_rows(ids).data
 
 
-def _knn_new(shard, X, k, params):
-    """Top ``k`` of query rows ``X`` in this shard: float64 distances, shard rows."""
-    n, rows_of = shard._queries(X)
+def _routed(X, route):
+    """The rows of ``X`` that visit this shard: ``route`` is ``(router, shard,
+    n_probe)`` (see :mod:`._placement`), or None for every row."""
+    if route is None:
+        return None
+    router, shard, n_probe = route
+    return np.flatnonzero(router.visits(X, n_probe)[:, shard])
+
+
+def _knn_new(shard, X, k, params, route=None):
+    """Top ``k`` of query rows ``X`` in this shard: float64 distances, shard rows.
+
+    With a ``route``, rows that do not visit the shard get no neighbours
+    (infinite distances, row -1).
+    """
     k_shard = min(k, shard.n_samples_fit_)
-    return _padded(*shard._search(rows_of, n, k_shard, params), k)
+    keep = _routed(X, route)
+    if keep is None:
+        n, rows_of = shard._queries(X)
+        return _padded(*shard._search(rows_of, n, k_shard, params), k)
+    dist, ind = _empty(X.shape[0], k)
+    if len(keep):
+        n, rows_of = shard._queries(X[keep])
+        dist[keep], ind[keep] = _padded(*shard._search(rows_of, n, k_shard, params), k)
+    return dist, ind
 
 
 def _knn_own(shard, ids, k, params):
@@ -116,9 +144,19 @@ def _radius_rows(shard, rows_of, n, radius, params, own=None):
     return dists, inds
 
 
-def _radius_new(shard, X, radius, params):
-    n, rows_of = shard._queries(X)
-    return _radius_rows(shard, rows_of, n, radius, params)
+def _radius_new(shard, X, radius, params, route=None):
+    keep = _routed(X, route)
+    if keep is None:
+        n, rows_of = shard._queries(X)
+        return _radius_rows(shard, rows_of, n, radius, params)
+    dists = [np.empty(0)] * X.shape[0]
+    inds = [np.empty(0, dtype=np.intp)] * X.shape[0]
+    if len(keep):
+        n, rows_of = shard._queries(X[keep])
+        found = _radius_rows(shard, rows_of, n, radius, params)
+        for row, d_row, i_row in zip(keep, *found):
+            dists[row], inds[row] = d_row, i_row
+    return dists, inds
 
 
 def _radius_own(shard, ids, radius, params):
@@ -126,20 +164,34 @@ def _radius_own(shard, ids, radius, params):
                         radius, params, own=ids)
 
 
-def _merge_knn(parts, offsets, k):
+def _to_global(ind, rows):
+    """Shard rows ``ind`` (-1: none) as rows of the whole data: ``rows`` is the
+    shard's first row (contiguous shards) or its rows."""
+    if isinstance(rows, np.ndarray):
+        return np.where(ind >= 0, rows[np.maximum(ind, 0)], -1)
+    return np.where(ind >= 0, ind + rows, -1)
+
+
+def _shard_maps(maps):
+    """Each shard's rows for :func:`_to_global`: ``maps`` is a router or offsets."""
+    return getattr(maps, "shard_rows", maps)
+
+
+def _merge_knn(parts, maps, k):
     """The ``k`` nearest of the shards' answers, ties by row; global rows."""
     dist = np.hstack([d for d, _ in parts])
-    ind = np.hstack([np.where(i >= 0, i + off, -1) for (_, i), off in zip(parts, offsets)])
+    ind = np.hstack([_to_global(i, m) for (_, i), m in zip(parts, _shard_maps(maps))])
     # A full sort, not a partition: ties at the k-th distance go to the lower row.
     order = np.lexsort((ind, dist), axis=-1)[:, :k]
     return np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
 
 
-def _merge_radius(parts, offsets):
+def _merge_radius(parts, maps):
     dists, inds = [], []
+    maps = _shard_maps(maps)
     for rows in zip(*(zip(*part) for part in parts)):
         dists.append(np.concatenate([d for d, _ in rows]))
-        inds.append(np.concatenate([i + off for (_, i), off in zip(rows, offsets)]))
+        inds.append(np.concatenate([_to_global(i, m) for (_, i), m in zip(rows, maps)]))
     return dists, inds
 
 
@@ -192,15 +244,16 @@ def setup_dask_workers(client=None, *, warm_up=("keras", "kernels")):
 class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
     """Nearest neighbours over shards of the data, one search estimator per shard, on Dask.
 
-    The rows are split into ``n_shards`` contiguous shards, and a clone of
+    The rows are split into ``n_shards`` shards, and a clone of
     ``estimator`` is fitted on each by a task on a Dask worker; the shard's
-    rows and its fitted index stay on that worker. Queries go to every shard
+    rows and its fitted index stay on that worker. Queries go to the shards
     in chunks; each shard returns its ``k`` nearest with exact distances, and
     the ``k`` nearest of those are returned, with indices of rows of the
     whole fitted data. In the estimator's exact setting
     (``LearnedNeighbors(embedder='passthrough', backend='brute')``,
-    ``ClusterFilteredKNN(n_probe=n_clusters)``) the answer equals
-    :class:`~sklearn.neighbors.NearestNeighbors` on the whole data.
+    ``ClusterFilteredKNN(n_probe=n_clusters)``), with every shard visited,
+    the answer equals :class:`~sklearn.neighbors.NearestNeighbors` on the
+    whole data.
 
     Needs ``dask[distributed]`` (``pip install 'skknn[dask]'``). The same
     code runs on a :class:`~distributed.LocalCluster` and on a real cluster:
@@ -232,14 +285,38 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         ``n_shards=1, replicas=2`` on two workers answers about twice the
         queries per second of one (the whole index on each). Shards fitted
         from a dask array are recomputed from their chunks by Dask.
+    placement : {'rows', 'clusters'}, default='rows'
+        How the rows are split. ``'rows'``: contiguous slices, and every
+        query visits every shard. ``'clusters'``: coarse k-means centres,
+        fitted on a sample of up to 20,000 rows, are grouped into one
+        balanced group per shard by METIS (cutting few of the sample's k-NN
+        edges), and each row goes to the shard of its nearest centre; a query
+        then visits only the shards of its ``coarse_probe_`` nearest centres.
+        Fewer shard searches per query, for neighbours missed on shards not
+        visited: ``fit`` chooses ``coarse_probe_`` with the shards' search
+        effort so that the measured recall of the merged answer reaches
+        ``target_recall`` (with no target, so that the routing alone keeps
+        99.5% of the held-out rows' neighbours). Probing every centre
+        (``coarse_probe_ = n_coarse_centres_``) visits every shard. More
+        than one shard needs ``pymetis`` (``pip install 'skknn[graph]'``).
 
     Attributes
     ----------
     n_shards_ : int
         Number of shards.
-    shard_offsets_ : ndarray of int
-        The ``n_shards_ + 1`` boundaries of the shards: shard ``i`` holds
-        the fitted rows ``shard_offsets_[i]`` to ``shard_offsets_[i + 1] - 1``.
+    shard_offsets_ : ndarray of int or None
+        With ``placement='rows'``, the ``n_shards_ + 1`` boundaries of the
+        shards: shard ``i`` holds the fitted rows ``shard_offsets_[i]`` to
+        ``shard_offsets_[i + 1] - 1``. None with ``'clusters'``.
+    shard_rows_ : list of ndarray or None
+        With ``placement='clusters'``, the fitted rows each shard holds,
+        ascending. None with ``'rows'``.
+    n_coarse_centres_ : int or None
+        With ``placement='clusters'``, the number of coarse centres.
+    coarse_probe_ : int or None
+        With ``placement='clusters'``, the coarse centres each query probes
+        (it visits their shards); chosen by ``fit``, and may be set. None
+        with ``'rows'``.
     n_samples_fit_ : int
         Number of fitted rows.
     n_features_in_ : int
@@ -283,13 +360,15 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         "n_shards": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "client": "no_validation",
         "replicas": [Interval(numbers.Integral, 1, None, closed="left")],
+        "placement": [StrOptions({"rows", "clusters"})],
     }
 
-    def __init__(self, estimator, *, n_shards=None, client=None, replicas=1):
+    def __init__(self, estimator, *, n_shards=None, client=None, replicas=1, placement="rows"):
         self.estimator = estimator
         self.n_shards = n_shards
         self.client = client
         self.replicas = replicas
+        self.placement = placement
 
     def __sklearn_clone__(self):
         # A client is a connection, shared by clones rather than copied.
@@ -390,21 +469,31 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
                 f"replicas={self.replicas} needs as many workers, each holding one copy; the "
                 f"cluster has {len(workers)}."
             )
-        slices = list(gen_even_slices(n_samples, n_shards))
-        offsets = np.array([s.start for s in slices] + [n_samples])
-        if from_dask:
-            # One chunk of rows per shard, computed on the cluster.
-            X = X.rechunk((tuple(np.diff(offsets)), (X.shape[1],)))
-            shards_data = client.compute(list(X.to_delayed().ravel()))
-        else:
-            shards_data = [client.scatter(X[s], workers=[workers[i % len(workers)]],
-                                          hash=False) for i, s in enumerate(slices)]
         if y is not None:
             y = np.asarray(y)
             if len(y) != n_samples:
                 raise ValueError(f"y has {len(y)} rows but X has {n_samples}.")
         rng = check_random_state(self.estimator.random_state)
         seeds = rng.randint(np.iinfo(np.int32).max, size=n_shards)
+        router, offsets = None, None
+        if self.placement == "clusters":
+            router = self._place(X, n_shards, int(rng.randint(np.iinfo(np.int32).max)),
+                                 from_dask)
+            slices = router.shard_rows
+        else:
+            slices = list(gen_even_slices(n_samples, n_shards))
+            offsets = np.array([s.start for s in slices] + [n_samples])
+        if from_dask:
+            # One chunk of rows per shard, computed on the cluster.
+            if router is None:
+                X = X.rechunk((tuple(np.diff(offsets)), (X.shape[1],)))
+                parts = list(X.to_delayed().ravel())
+            else:
+                parts = [X[rows].rechunk({0: -1}).to_delayed().ravel()[0] for rows in slices]
+            shards_data = client.compute(parts)
+        else:
+            shards_data = [client.scatter(X[s], workers=[workers[i % len(workers)]],
+                                          hash=False) for i, s in enumerate(slices)]
         shards = []
         for i, (s, data) in enumerate(zip(slices, shards_data)):
             est = clone(self.estimator).set_params(random_state=int(seeds[i]),
@@ -436,13 +525,46 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         self._client, self._shards = client, replicas
         self._turns = itertools.count()
         self._recomputable = from_dask
+        self._router, self._router_future = router, None
         summaries = client.gather([self._on_shard(_summary, shard) for shard in shards])
         self.n_shards_ = n_shards
         self.shard_offsets_ = offsets
+        self.shard_rows_ = None if router is None else router.shard_rows
+        self.n_coarse_centres_ = None if router is None else router.n_centres
+        self.coarse_probe_ = None
+        if router is not None:
+            # Each fitted row's shard and place in it.
+            self._row_shard = np.empty(n_samples, dtype=np.intp)
+            self._row_local = np.empty(n_samples, dtype=np.intp)
+            for i, rows in enumerate(router.shard_rows):
+                self._row_shard[rows], self._row_local[rows] = i, np.arange(len(rows))
         self.n_samples_fit_ = n_samples
         self._dtype = np.dtype(summaries[0]["dtype"])
         self.effective_metric_, self.effective_metric_params_ = summaries[0]["metric"]
         self._tune(summaries, rng)
+
+    def _place(self, X, n_shards, seed, from_dask):
+        """``placement='clusters'``: the router, with the rows of each shard."""
+        n_samples = X.shape[0]
+        rng = np.random.RandomState(seed)
+        sample = np.sort(rng.choice(n_samples, min(n_samples, _PLACEMENT_SAMPLE), replace=False))
+        S = X[sample].compute() if from_dask else X[sample]
+        S = S.toarray() if issparse(S) else S
+        router = fit_router(S, n_shards, seed,
+                            normalize=getattr(self.estimator, "metric", None) == "cosine")
+        if from_dask:
+            shard_of_row = X.map_blocks(router.shard_of, drop_axis=1, dtype=np.intp).compute()
+        else:
+            shard_of_row = router.shard_of(X)
+        router.set_rows(shard_of_row)
+        sizes = [len(rows) for rows in router.shard_rows]
+        if min(sizes) == 0:
+            raise ValueError(
+                f"placement='clusters' left a shard without rows (shard sizes {sizes}): the "
+                "data has too few distinct clusters for n_shards={n_shards}. Use fewer shards "
+                "or placement='rows'."
+            )
+        return router
 
     @staticmethod
     def _wait_for_fits(shards):
@@ -458,27 +580,50 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         defaults = [s["default"] for s in summaries]
         if k < 1:
             self.search_params_, self.recall_ = defaults, 1.0
+            self.coarse_probe_ = self.n_coarse_centres_
             return
         # Rows held out of the shards' learned parts, as global rows.
-        held_out = np.concatenate([s["eval_rows"] + off
-                                   for s, off in zip(summaries, self.shard_offsets_)])
+        held_out = np.sort(np.concatenate([_to_global(s["eval_rows"], m)
+                                           for s, m in zip(summaries, self._maps_of_shards())]))
         if len(held_out) > _N_RECALL:
             held_out = np.sort(rng.choice(held_out, _N_RECALL, replace=False))
         Q = self._fitted_rows(held_out)
-        exact = self._run("reference", ("new", Q), k + 1)
-        exact = drop_self(*exact, held_out)[0]
+        exact_dist, exact_ind = drop_self(*self._run("reference", ("new", Q), k + 1), held_out)
         target = self.estimator.target_recall
         # Effort levels: each shard's i-th effort (its last once it has no more).
         efforts = [s["efforts"] for s in summaries]
         levels = [defaults] if target is None else [
             [e[min(level, len(e) - 1)] for e in efforts]
             for level in range(max(len(e) for e in efforts))]
+        # The shards' efforts with the fewest centres probed, then more
+        # centres at the largest effort.
+        probes = [None] if self._router is None else self._coarse_probes(Q, exact_ind, target)
+        levels = [(level, probes[0]) for level in levels] + [
+            (levels[-1], probe) for probe in probes[1:]]
 
-        def measure(params):
-            return recall_at_k(self._kneighbors_rows(held_out, k, params)[0], exact)
+        def measure(level):
+            self.search_params_, self.coarse_probe_ = level
+            return recall_at_k(self._kneighbors_rows(held_out, k, level[0])[0], exact_dist)
 
-        self.search_params_, self.recall_ = first_reaching(
+        (self.search_params_, self.coarse_probe_), self.recall_ = first_reaching(
             "ShardedNeighbors", levels, measure, target, k)
+
+    def _coarse_probes(self, Q, exact_ind, target):
+        """Centres a query may probe, from the fewest with which the shards
+        visited hold enough of the held-out rows' exact neighbours: all but
+        ``_ROUTING_SHARE`` of the misses ``target_recall`` allows
+        (``_ROUTING_RECALL`` of them with no target)."""
+        need = _ROUTING_RECALL if target is None else 1 - (1 - target) * _ROUTING_SHARE
+        found = exact_ind >= 0
+        shard = np.where(found, self._row_shard[np.maximum(exact_ind, 0)], 0)
+        grid = probe_grid(self._router.n_centres)
+
+        def kept(probe):
+            visited = np.take_along_axis(self._router.visits(Q, probe), shard, 1)
+            return visited[found].mean() if found.any() else 1.0
+
+        start = next((j for j, probe in enumerate(grid) if kept(probe) >= need), len(grid) - 1)
+        return grid[start:]
 
     def gather_shards(self):
         """The fitted shard estimators, brought to this process.
@@ -486,8 +631,9 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         Returns
         -------
         shards : list of estimators
-            Shard ``i`` indexes rows ``shard_offsets_[i]`` onwards of the
-            fitted data, with its own row numbers from 0.
+            Shard ``i`` indexes the fitted rows ``shard_offsets_[i]`` onwards
+            (``shard_rows_[i]`` with ``placement='clusters'``), with its own
+            row numbers from 0.
         """
         check_is_fitted(self)
         return [self._live(i)[0].result() for i in range(self.n_shards_)]
@@ -497,9 +643,11 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         """The replicas of a shard not lost with their workers."""
         live = [f for f in self._shards[shard] if f.status not in ("cancelled", "lost")]
         if not live:
-            start, stop = self.shard_offsets_[shard], self.shard_offsets_[shard + 1]
+            rows = self._global_rows(shard)
+            held = (f"fitted rows {rows[0]} to {rows[-1]}" if self._router is None
+                    else f"{len(rows)} fitted rows")
             raise ShardLostError(
-                f"Shard {shard} (fitted rows {start} to {stop - 1}) was lost with the "
+                f"Shard {shard} ({held}) was lost with the "
                 "worker(s) that held it and cannot be recovered: its rows were sent from "
                 "this process, and no replica is left. Fit again, with replicas=2 or more "
                 "to survive the loss of a worker."
@@ -531,6 +679,9 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         'reference' or 'radius' (``k`` is then the radius).
         """
         client = self._client
+        router = None
+        if self._router is not None and kind != "reference":
+            router = self._shared_router()
         # Chunks take turns over the replicas of each shard: replicas share
         # the queries as well as guarding against a lost worker.
         turn = next(self._turns)
@@ -555,6 +706,9 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
                 task = {("knn", False): _knn_new, ("knn", True): _knn_own,
                         ("radius", False): _radius_new, ("radius", True): _radius_own}[kind, own]
                 args = (ids if own else data, k, params[i])
+                if router is not None and not own:
+                    # (A fitted row's own shard is always among its visits.)
+                    args += ((router, i, self.coarse_probe_),)
             futures.append(self._on_shard(task, shard, *args, who_has=where))
         return futures
 
@@ -579,10 +733,9 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
             except self._lost():
                 futures = None  # again, on the replicas left
                 continue
-            offsets = self.shard_offsets_[:-1]
             if kind == "radius":
-                return _merge_radius(parts, offsets)
-            return _merge_knn(parts, offsets, k)
+                return _merge_radius(parts, self._maps_of_shards())
+            return _merge_knn(parts, self._maps_of_shards(), k)
         raise ShardLostError("Workers were lost on every attempt to search this chunk.")
 
     def _run_all(self, kind, queries, k, params):
@@ -613,27 +766,65 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         by_bytes = max(1, _CHUNK_BYTES // (8 * self.n_features_in_))
         return max(1, min(by_bytes, -(-n_queries // self._copies())))
 
+    # ------------------------------------------------ rows and their shards
+    def _maps_of_shards(self):
+        """What maps each shard's rows to global rows (see :func:`_to_global`)."""
+        return self.shard_offsets_[:-1] if self._router is None else self._router.shard_rows
+
+    def _global_rows(self, shard):
+        """The fitted rows (global, ascending) shard ``shard`` holds."""
+        if self._router is None:
+            return np.arange(self.shard_offsets_[shard], self.shard_offsets_[shard + 1])
+        return self._router.shard_rows[shard]
+
+    def _locate(self, rows):
+        """The shard of each of the fitted rows ``rows`` (global), and its row there."""
+        if self._router is None:
+            shard = np.searchsorted(self.shard_offsets_, rows, side="right") - 1
+            return shard, rows - self.shard_offsets_[shard]
+        return self._row_shard[rows], self._row_local[rows]
+
+    def _shared_router(self):
+        """The router on the workers (sent again if the workers holding it were lost)."""
+        if self._router_future is None or self._router_future.status != "finished":
+            self._router_future = self._client.scatter(self._router, broadcast=True,
+                                                       hash=False)
+        return self._router_future
+
     def _fitted_rows(self, rows):
         """The fitted rows ``rows`` (global, sorted), fetched from their shards."""
-        shard_of = np.searchsorted(self.shard_offsets_, rows, side="right") - 1
-        futures = [self._on_shard(_fitted_rows, self._live(i)[0],
-                                  rows[shard_of == i] - self.shard_offsets_[i])
-                   for i in np.unique(shard_of)]
-        return np.vstack(self._client.gather(futures))
+        shard_of, local = self._locate(rows)
+        present = np.unique(shard_of)
+        futures = [self._on_shard(_fitted_rows, self._live(i)[0], local[shard_of == i])
+                   for i in present]
+        stacked = np.vstack(self._client.gather(futures))
+        if self._router is None:  # contiguous shards: already in order
+            return stacked
+        return stacked[np.argsort(np.concatenate([np.flatnonzero(shard_of == i)
+                                                  for i in present]), kind="stable")]
 
     def _own_chunks(self, rows=None):
         """``('own', shard, ids)`` chunks of the fitted rows ``rows`` (global,
-        sorted; all if None), shard by shard."""
+        sorted; all if None), shard by shard; and where each row of the
+        chunks' answers goes among ``rows`` (None: in order)."""
+        chunks, order = [], []
         for i in range(self.n_shards_):
-            start, stop = self.shard_offsets_[i], self.shard_offsets_[i + 1]
-            mine = np.arange(start, stop) if rows is None else rows[(rows >= start)
-                                                                    & (rows < stop)]
-            for s in query_batches(len(mine), self._chunk_rows(len(mine))):
-                yield ("own", i, mine[s] - start)
+            mine = self._global_rows(i)
+            if rows is not None:
+                mine = mine[np.isin(mine, rows, assume_unique=True)]
+            local = self._locate(mine)[1]
+            chunks.extend(("own", i, local[s])
+                          for s in query_batches(len(mine), self._chunk_rows(len(mine))))
+            order.append(mine)
+        if self._router is None:  # contiguous shards: already in order
+            return chunks, None
+        return chunks, np.argsort(np.concatenate(order), kind="stable")
 
     def _kneighbors_rows(self, rows, k, params):
         """Neighbours of fitted rows (global, sorted), each not its own."""
-        return stack_parts(list(self._run_all("knn", self._own_chunks(rows), k, params)))
+        chunks, order = self._own_chunks(rows)
+        dist, ind = stack_parts(list(self._run_all("knn", chunks, k, params)))
+        return (dist, ind) if order is None else (dist[order], ind[order])
 
     # -------------------------------------------------------------- queries
     def _check_search_params(self):
@@ -642,6 +833,13 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
             raise ValueError(
                 f"search_params_ must be a list of {self.n_shards_} dicts (one search effort "
                 f"per shard), got {params!r}."
+            )
+        probe = self.coarse_probe_
+        if self._router is not None and not (
+                isinstance(probe, numbers.Integral) and 1 <= probe <= self.n_coarse_centres_):
+            raise ValueError(
+                f"coarse_probe_ must be an integer in [1, n_coarse_centres_="
+                f"{self.n_coarse_centres_}], got {probe!r}."
             )
         return params
 
@@ -713,15 +911,19 @@ default=None
             )
         X = X.rechunk({1: -1})
         live = [self._live(i) for i in range(self.n_shards_)]
-        offsets = self.shard_offsets_[:-1]
+        # The maps to global rows: offsets, or the router on the workers.
+        maps = self.shard_offsets_[:-1] if self._router is None else self._shared_router()
+        routes = [None] * self.n_shards_ if self._router is None else [
+            (maps, i, self.coarse_probe_) for i in range(self.n_shards_)]
         dists, inds = [], []
         for turn, (chunk, rows) in enumerate(zip(X.to_delayed().ravel(), X.chunks[0])):
             # One task per shard, where Dask sees the shard is (shards report
             # their size: see SearchBase.__sizeof__), then one to merge;
             # chunks take turns over the replicas.
-            parts = [dask.delayed(_knn_new, pure=False)(copies[turn % len(copies)], chunk, k, p)
-                     for copies, p in zip(live, params)]
-            answer = dask.delayed(_merge_knn, pure=False, nout=2)(parts, offsets, k)
+            parts = [dask.delayed(_knn_new, pure=False)(copies[turn % len(copies)], chunk, k, p,
+                                                        route)
+                     for copies, p, route in zip(live, params, routes)]
+            answer = dask.delayed(_merge_knn, pure=False, nout=2)(parts, maps, k)
             dists.append(da.from_delayed(answer[0], (rows, k), dtype=np.float64))
             inds.append(da.from_delayed(answer[1], (rows, k), dtype=np.intp))
         return da.concatenate(dists), da.concatenate(inds)
@@ -769,8 +971,9 @@ default=None
                 "known in advance. Compute the dask array in chunks and query each."
             )
         params = self._check_search_params()
+        order = None
         if X is None:
-            queries = self._own_chunks()
+            queries, order = self._own_chunks()
         else:
             queries = [("new", X[s])
                        for s in query_batches(X.shape[0], self._chunk_rows(X.shape[0]))]
@@ -778,6 +981,8 @@ default=None
         for d, i in self._run_all("radius", queries, radius, params):
             dists.extend(d)
             inds.extend(i)
+        if order is not None:
+            dists, inds = [dists[j] for j in order], [inds[j] for j in order]
         for row, (d_row, i_row) in enumerate(zip(dists, inds)):
             order = (np.lexsort((i_row, d_row)) if sort_results
                      else np.argsort(i_row, kind="stable"))

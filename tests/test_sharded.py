@@ -55,23 +55,37 @@ def exact_cluster(k, n_clusters=3, **kwargs):
 @pytest.mark.parametrize("metric, kwargs, ref_name", METRICS[::2])
 @settings(max_examples=8)
 @given(problem=search_problems(), query_is_train=st.booleans(), n_shards=st.integers(1, 4),
-       cluster_filtered=st.booleans())
+       cluster_filtered=st.booleans(), placement=st.sampled_from(["rows", "clusters"]))
 def test_exact_settings_merge_to_brute_force(client, metric, kwargs, ref_name, problem,
-                                             query_is_train, n_shards, cluster_filtered):
+                                             query_is_train, n_shards, cluster_filtered,
+                                             placement):
     if (prepared := exact_problem(problem, metric, query_is_train)) is None:
         return
     X, Q, k = prepared
     n_shards = min(n_shards, len(X))
-    smallest_shard = len(X) // n_shards
+    if placement == "clusters":
+        # Clusters of rows are placed whole: each shard needs distinct rows.
+        n_shards = min(n_shards, len(np.unique(X, axis=0)) // 4)
+        if n_shards < 1:
+            return
+    smallest_shard = len(X) // n_shards if placement == "rows" else 1
     estimator = (exact_cluster(k, min(3, smallest_shard), metric=metric, **kwargs)
                  if cluster_filtered
                  else exact_learned(n_neighbors=k, metric=metric, **kwargs))
-    ours = ShardedNeighbors(estimator, n_shards=n_shards, client=client).fit(X)
+    ours = ShardedNeighbors(estimator, n_shards=n_shards, placement=placement,
+                            client=client).fit(X)
+    if placement == "clusters":
+        # The routing was chosen to keep 99.5% of the held-out neighbours;
+        # probing every coarse centre visits every shard.
+        assert ours.recall_ >= 0.995
+        ours.coarse_probe_ = ours.n_coarse_centres_
+    else:
+        assert ours.recall_ == 1.0
+    assert ours.n_shards_ == n_shards
     ref = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=metric, **kwargs).fit(X)
     scale = np.linalg.norm(X if Q is None else np.vstack([X, Q]), axis=1).max()
     dist, ind = ours.kneighbors(Q)
     assert_same_neighbors(dist, ind, *ref.kneighbors(Q), scale=scale)
-    assert ours.recall_ == 1.0 and ours.n_shards_ == n_shards
     radius = float(np.median(dist))
     r_dist, r_ind = ours.radius_neighbors(Q, radius=radius, sort_results=True)
     assert all(np.all(np.diff(d) >= 0) for d in r_dist)
@@ -110,6 +124,66 @@ def test_shards_hold_contiguous_rows_and_answer_with_global_rows(client, rng):
     assert_array_equal(shards[2]._space.fitted_rows(np.arange(134)).data, X[269:])
     # A query equal to a row of the last shard finds that row first.
     assert ours.kneighbors(X[[300, 5]], 1, return_distance=False).ravel().tolist() == [300, 5]
+
+
+def test_clusters_placement_keeps_neighbourhoods_on_one_shard(client):
+    # Well separated blobs: whole blobs go to each shard, and a query visits
+    # only its blob's shard, at the recall fit measured.
+    X = make_blobs_data(n_samples=2400, n_features=8, centers=12)
+    Q = make_blobs_data(n_samples=2700, n_features=8, centers=12)[2400:]
+    ours = ShardedNeighbors(exact_learned(n_neighbors=5, target_recall=0.99), n_shards=3,
+                            placement="clusters", client=client).fit(X)
+    assert ours.shard_offsets_ is None and ours.n_coarse_centres_ == 120
+    assert sorted(np.concatenate(ours.shard_rows_).tolist()) == list(range(2400))
+    assert all(350 <= len(rows) <= 1200 for rows in ours.shard_rows_)
+    shards = ours.gather_shards()
+    for shard, rows in zip(shards, ours.shard_rows_):
+        assert_array_equal(shard._space.fitted_rows(np.arange(len(rows))).data, X[rows])
+    visits = ours._router.visits(Q, ours.coarse_probe_)
+    assert visits.sum(axis=1).mean() < 1.5
+    assert ours.recall_ >= 0.99
+    ref_dist, ref_ind = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(Q)
+    dist, ind = ours.kneighbors(Q)
+    assert np.mean(dist <= ref_dist[:, -1:] * (1 + 1e-9)) >= 0.98
+    # Answers are global rows, with exact distances.
+    assert_allclose(dist, np.linalg.norm(Q[:, None] - X[ind], axis=2), rtol=1e-12)
+    # The fitted rows, each not its own neighbour, come back in row order.
+    own_dist, own_ind = ours.kneighbors()
+    ref_own = NearestNeighbors(n_neighbors=5).fit(X).kneighbors()
+    assert np.mean(own_ind == ref_own[1]) >= 0.98
+    assert not np.any(own_ind == np.arange(2400)[:, None])
+    # A shard searches only the queries routed to it (the task, run here).
+    from skknn._sharded import _knn_new
+
+    route = (ours._router, 0, ours.coarse_probe_)
+    d0, i0 = _knn_new(shards[0], Q, 5, ours.search_params_[0], route)
+    assert_array_equal(np.isfinite(d0).all(axis=1), visits[:, 0])
+    assert np.all(i0[~visits[:, 0]] == -1) and 0 < visits[:, 0].sum() < len(Q)
+    with pytest.raises(ValueError, match=r"coarse_probe_ must be an integer in \[1, "):
+        ours.coarse_probe_ = 0
+        ours.kneighbors(Q[:2])
+
+
+def test_clusters_placement_from_a_dask_array_and_its_errors(client, rng, monkeypatch):
+    X = make_blobs_data(n_samples=600, n_features=5, centers=6)
+    Qd = da.from_array(X[:100] + 0.01, chunks=40)
+    ours = ShardedNeighbors(exact_learned(n_neighbors=4), n_shards=2, placement="clusters",
+                            client=client).fit(da.from_array(X, chunks=(130, 5)))
+    ours.coarse_probe_ = ours.n_coarse_centres_
+    ref = NearestNeighbors(n_neighbors=4).fit(X).kneighbors(X[:100] + 0.01)
+    dist, ind = ours.kneighbors(Qd)
+    assert_same_neighbors(dist.compute(), ind.compute(), *ref)
+    r_dist, r_ind = ours.radius_neighbors(X[:50] + 0.01, radius=0.8)
+    assert_same_radius(r_dist, r_ind,
+                       *NearestNeighbors().fit(X).radius_neighbors(X[:50] + 0.01, radius=0.8),
+                       0.8, np.abs(X).max())
+    with pytest.raises(ValueError, match="needs at least n_shards=2 distinct rows"):
+        ShardedNeighbors(exact_learned(n_neighbors=1), n_shards=2, placement="clusters",
+                         client=client).fit(np.ones((30, 3)))
+    monkeypatch.setitem(sys.modules, "pymetis", None)
+    with pytest.raises(ImportError, match=r"placement='clusters' needs .*skknn\[graph\]"):
+        ShardedNeighbors(exact_learned(), n_shards=2, placement="clusters",
+                         client=client).fit(X)
 
 
 def test_float32_dtype_graphs_and_transform(client, rng):
@@ -292,11 +366,14 @@ def _kill_holder_during_query(client, ours, Q, monkeypatch):
     return result
 
 
-def test_a_worker_killed_mid_query_is_survived_with_replicas(rng, monkeypatch):
+@pytest.mark.parametrize("placement", ["rows", "clusters"])
+def test_a_worker_killed_mid_query_is_survived_with_replicas(rng, monkeypatch, placement):
     X, Q = rng.randn(400, 6), rng.randn(3000, 6)
     with _cluster(3) as cluster, distributed.Client(cluster) as client:
         ours = ShardedNeighbors(exact_learned(n_neighbors=3), n_shards=2, replicas=2,
-                                client=client).fit(X)
+                                placement=placement, client=client).fit(X)
+        if placement == "clusters":
+            ours.coarse_probe_ = ours.n_coarse_centres_
         result = _kill_holder_during_query(client, ours, Q, monkeypatch)
     assert "error" not in result, result.get("error")
     dist, ind = result["answer"]
