@@ -17,8 +17,7 @@ from sklearn.utils.extmath import row_norms, safe_sparse_dot
 
 from ._indexes import import_optional
 
-# Sample rows the centres are fitted on, and at least this many per centre.
-_SAMPLE = 20_000
+# At least this many sample rows per centre.
 _ROWS_PER_CENTRE = 20
 _MAX_CENTRES = 128
 # Edges per sample row of the graph METIS cuts.

@@ -19,6 +19,7 @@ from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state, gen_even_slices
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.random import sample_without_replacement
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import (
@@ -546,8 +547,8 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
     def _place(self, X, n_shards, seed, from_dask):
         """``placement='clusters'``: the router, with the rows of each shard."""
         n_samples = X.shape[0]
-        rng = np.random.RandomState(seed)
-        sample = np.sort(rng.choice(n_samples, min(n_samples, _PLACEMENT_SAMPLE), replace=False))
+        sample = np.sort(sample_without_replacement(
+            n_samples, min(n_samples, _PLACEMENT_SAMPLE), random_state=seed))
         S = X[sample].compute() if from_dask else X[sample]
         S = S.toarray() if issparse(S) else S
         router = fit_router(S, n_shards, seed,
