@@ -107,6 +107,25 @@ def neighbor_graph(space, m, codes, n_jobs, rng):
     return graph
 
 
+def metis_parts(pymetis, A, n_parts, seed, vweights=None, eweights=False):
+    """METIS's part of each vertex of the graph of edges ``A`` (sparse, made
+    symmetric here; with ``eweights``, the summed edges weigh what they count)."""
+    A = (A + A.T).tocsr()
+    A.setdiag(0)
+    A.eliminate_zeros()
+    A.sort_indices()
+    options = pymetis.Options(seed=seed % 2**31)
+    if hasattr(pymetis, "CSRAdjacency"):  # pymetis >= 2025.2
+        graph_arg = {"adjacency": pymetis.CSRAdjacency(A.indptr, A.indices)}
+    else:
+        graph_arg = {"xadj": A.indptr, "adjncy": A.indices}
+    if vweights is not None:
+        graph_arg["vweights"] = list(vweights)
+    if eweights:
+        graph_arg["eweights"] = A.data.astype(np.int64).tolist()
+    return pymetis.part_graph(n_parts, options=options, **graph_arg)[1]
+
+
 def metis_labels(graph, train_rows, n_samples, n_parts, seed):
     """Balanced parts of the training rows' k-NN graph (METIS), for every row.
 
@@ -128,16 +147,7 @@ def metis_labels(graph, train_rows, n_samples, n_parts, seed):
     frm = np.broadcast_to(np.arange(len(train_rows))[:, None], neighbors.shape)
     A = csr_matrix((np.ones(keep.sum(), dtype=np.int8), (frm[keep], to[keep])),
                    shape=(len(train_rows),) * 2)
-    A = (A + A.T).tocsr()
-    A.setdiag(0)
-    A.eliminate_zeros()
-    A.sort_indices()
-    options = pymetis.Options(seed=seed % 2**31)
-    if hasattr(pymetis, "CSRAdjacency"):  # pymetis >= 2025.2
-        graph_arg = {"adjacency": pymetis.CSRAdjacency(A.indptr, A.indices)}
-    else:
-        graph_arg = {"xadj": A.indptr, "adjncy": A.indices}
-    _, parts = pymetis.part_graph(n_parts, options=options, **graph_arg)
+    parts = metis_parts(pymetis, A, n_parts, seed)
     labels = np.full(n, -1, dtype=np.intp)
     labels[train_rows] = np.asarray(parts, dtype=np.intp)
     held_out = np.flatnonzero(labels < 0)

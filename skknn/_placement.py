@@ -16,6 +16,7 @@ from sklearn.utils import gen_batches
 from sklearn.utils.extmath import row_norms, safe_sparse_dot
 
 from ._indexes import import_optional
+from ._partitions import metis_parts
 
 # At least this many sample rows per centre.
 _ROWS_PER_CENTRE = 20
@@ -148,17 +149,7 @@ def _group_centres(S, labels, sizes, n_shards, seed):
     neighbors = NearestNeighbors(n_neighbors=m + 1).fit(S).kneighbors(S)[1][:, 1:]
     A = csr_matrix((np.ones(neighbors.size), (np.repeat(labels, m), labels[neighbors].ravel())),
                    shape=(n_centres, n_centres))
-    A = (A + A.T).tocsr()
-    A.setdiag(0)
-    A.eliminate_zeros()
-    A.sort_indices()
-    options = pymetis.Options(seed=seed % 2**31)
-    if hasattr(pymetis, "CSRAdjacency"):  # pymetis >= 2025.2
-        graph_arg = {"adjacency": pymetis.CSRAdjacency(A.indptr, A.indices)}
-    else:
-        graph_arg = {"xadj": A.indptr, "adjncy": A.indices}
-    _, parts = pymetis.part_graph(n_shards, options=options, vweights=sizes.tolist(),
-                                  eweights=A.data.astype(np.int64).tolist(), **graph_arg)
+    parts = metis_parts(pymetis, A, n_shards, seed, vweights=sizes.tolist(), eweights=True)
     groups = np.asarray(parts, dtype=np.intp)
     if len(np.unique(groups)) < n_shards:
         # METIS may leave a part empty on a tiny or disconnected graph: the

@@ -64,8 +64,10 @@ def test_exact_settings_merge_to_brute_force(client, metric, kwargs, ref_name, p
     X, Q, k = prepared
     n_shards = min(n_shards, len(X))
     if placement == "clusters":
-        # Clusters of rows are placed whole: each shard needs distinct rows.
-        n_shards = min(n_shards, len(np.unique(X, axis=0)) // 4)
+        # Clusters of rows are placed whole: each shard needs distinct rows
+        # (directions, for the cosine metric).
+        rows = X / np.linalg.norm(X, axis=1, keepdims=True) if metric == "cosine" else X
+        n_shards = min(n_shards, len(np.unique(rows, axis=0)) // 4)
         if n_shards < 1:
             return
     smallest_shard = len(X) // n_shards if placement == "rows" else 1
