@@ -21,8 +21,9 @@ from ._partitions import metis_parts
 # At least this many sample rows per centre.
 _ROWS_PER_CENTRE = 20
 _MAX_CENTRES = 128
-# Edges per sample row of the graph METIS cuts.
+# The graph METIS cuts: the nearest sample rows of up to this many of them.
 _GRAPH_NEIGHBORS = 10
+_GRAPH_ROWS = 5000
 _BATCH = 8192
 
 
@@ -41,7 +42,7 @@ class ShardRouter:
     sparse: their offset is taken off after the product.
     """
 
-    def __init__(self, centres, shard_of_centre, offset, scale, normalize):
+    def __init__(self, centres, shard_of_centre, n_shards, offset, scale, normalize):
         self.centres = centres
         self.centres_sq = row_norms(centres, squared=True)
         # Rows are ranked by |c|^2 - 2 (x - offset) . c / scale: the scale
@@ -49,8 +50,8 @@ class ShardRouter:
         self._axes = (centres * (2.0 / scale)).T
         self.shard_of_centre = shard_of_centre
         self.offset, self.scale, self.normalize = offset, scale, normalize
-        self.n_shards = int(shard_of_centre.max()) + 1
-        self.shard_rows = None  # set by assign_rows
+        self.n_shards = n_shards
+        self.shard_rows = None  # set by set_rows
 
     @property
     def n_centres(self):
@@ -134,7 +135,7 @@ def fit_router(sample, n_shards, seed, normalize=False):
     labels = kmeans.labels_
     sizes = np.bincount(labels, minlength=kmeans.n_clusters)
     groups = _group_centres(S, labels, sizes, n_shards, seed)
-    return ShardRouter(kmeans.cluster_centers_, groups, offset, scale, normalize)
+    return ShardRouter(kmeans.cluster_centers_, groups, n_shards, offset, scale, normalize)
 
 
 def _group_centres(S, labels, sizes, n_shards, seed):
@@ -146,8 +147,11 @@ def _group_centres(S, labels, sizes, n_shards, seed):
     from sklearn.neighbors import NearestNeighbors
 
     m = min(_GRAPH_NEIGHBORS, len(S) - 1)
-    neighbors = NearestNeighbors(n_neighbors=m + 1).fit(S).kneighbors(S)[1][:, 1:]
-    A = csr_matrix((np.ones(neighbors.size), (np.repeat(labels, m), labels[neighbors].ravel())),
+    rows = np.random.RandomState(seed).permutation(len(S))[:_GRAPH_ROWS]
+    # (The first neighbour found is the row itself.)
+    neighbors = NearestNeighbors(n_neighbors=m + 1).fit(S).kneighbors(S[rows])[1][:, 1:]
+    A = csr_matrix((np.ones(neighbors.size),
+                    (np.repeat(labels[rows], m), labels[neighbors].ravel())),
                    shape=(n_centres, n_centres))
     parts = metis_parts(pymetis, A, n_shards, seed, vweights=sizes.tolist(), eweights=True)
     groups = np.asarray(parts, dtype=np.intp)
