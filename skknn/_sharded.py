@@ -972,9 +972,9 @@ default=None
                 "known in advance. Compute the dask array in chunks and query each."
             )
         params = self._check_search_params()
-        order = None
+        back = None
         if X is None:
-            queries, order = self._own_chunks()
+            queries, back = self._own_chunks()
         else:
             queries = [("new", X[s])
                        for s in query_batches(X.shape[0], self._chunk_rows(X.shape[0]))]
@@ -982,8 +982,8 @@ default=None
         for d, i in self._run_all("radius", queries, radius, params):
             dists.extend(d)
             inds.extend(i)
-        if order is not None:
-            dists, inds = [dists[j] for j in order], [inds[j] for j in order]
+        if back is not None:  # shard by shard, back to the rows' order
+            dists, inds = [dists[j] for j in back], [inds[j] for j in back]
         for row, (d_row, i_row) in enumerate(zip(dists, inds)):
             order = (np.lexsort((i_row, d_row)) if sort_results
                      else np.argsort(i_row, kind="stable"))
