@@ -60,10 +60,12 @@ def _limit_jax_threads(n_threads):
         return None
     if importlib.util.find_spec("jax") is None:
         return None
-    from jax._src import xla_bridge
-
+    try:  # a private module: a JAX without it is left as it is
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:
+        return None
     cpus = os.sched_getaffinity(0)
-    if xla_bridge.backends_are_initialized() or n_threads >= len(cpus):
+    if backends_are_initialized() or n_threads >= len(cpus):
         return None
     narrow = set(sorted(cpus)[:n_threads])
     os.sched_setaffinity(0, narrow)
