@@ -478,8 +478,8 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         seeds = rng.randint(np.iinfo(np.int32).max, size=n_shards)
         router, offsets = None, None
         if self.placement == "clusters":
-            router = self._place(X, n_shards, int(rng.randint(np.iinfo(np.int32).max)),
-                                 from_dask)
+            router, row_shard = self._place(X, n_shards, int(rng.randint(np.iinfo(np.int32).max)),
+                                            from_dask)
             slices = router.shard_rows
         else:
             slices = list(gen_even_slices(n_samples, n_shards))
@@ -534,18 +534,19 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         self.n_coarse_centres_ = None if router is None else router.n_centres
         self.coarse_probe_ = None
         if router is not None:
-            # Each fitted row's shard and place in it.
-            self._row_shard = np.empty(n_samples, dtype=np.intp)
+            # Each fitted row's shard, and its place in it.
+            self._row_shard = row_shard
             self._row_local = np.empty(n_samples, dtype=np.intp)
-            for i, rows in enumerate(router.shard_rows):
-                self._row_shard[rows], self._row_local[rows] = i, np.arange(len(rows))
+            for rows in router.shard_rows:
+                self._row_local[rows] = np.arange(len(rows))
         self.n_samples_fit_ = n_samples
         self._dtype = np.dtype(summaries[0]["dtype"])
         self.effective_metric_, self.effective_metric_params_ = summaries[0]["metric"]
         self._tune(summaries, rng)
 
     def _place(self, X, n_shards, seed, from_dask):
-        """``placement='clusters'``: the router, with the rows of each shard."""
+        """``placement='clusters'``: the router, with the rows of each shard, and
+        the shard of each row."""
         n_samples = X.shape[0]
         sample = np.sort(sample_without_replacement(
             n_samples, min(n_samples, _PLACEMENT_SAMPLE), random_state=seed))
@@ -565,7 +566,7 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
                 "data has too few distinct clusters for n_shards={n_shards}. Use fewer shards "
                 "or placement='rows'."
             )
-        return router
+        return router, shard_of_row
 
     @staticmethod
     def _wait_for_fits(shards):
