@@ -1,10 +1,12 @@
 """ShardedNeighbors: one search estimator per shard of the rows, on Dask workers.
 
-The rows are split into contiguous shards. A clone of the estimator is fitted
-on each shard by a Dask task, on the worker that holds the shard's rows, and
-the fitted shard stays there. A chunk of queries goes to every shard; each
-shard answers with exact float64 distances and its own row numbers, and the
-top ``k`` are merged with the row numbers mapped to rows of the whole data.
+The rows are split into shards: contiguous slices, or whole clusters of rows
+(:mod:`._placement`). A clone of the estimator is fitted on each shard by a
+Dask task, on the worker that holds the shard's rows, and the fitted shard
+stays there. A chunk of queries goes to the shards (:mod:`._shard_tasks`);
+each shard answers with exact float64 distances and its own row numbers, and
+the top ``k`` are merged with the row numbers mapped to rows of the whole
+data.
 
 Dask (``distributed``) is imported only here, and only when first needed.
 """
@@ -33,7 +35,20 @@ from ._base import (
 )
 from ._indexes import import_optional
 from ._placement import fit_router, probe_grid
-from ._search import drop_self, recall_at_k, reference_kneighbors, stack_parts
+from ._search import drop_self, recall_at_k, stack_parts
+from ._shard_tasks import (
+    _fit_shard,
+    _fitted_rows,
+    _knn_new,
+    _knn_own,
+    _merge_knn,
+    _merge_radius,
+    _radius_new,
+    _radius_own,
+    _reference,
+    _summary,
+    _to_global,
+)
 
 # Bytes of float64 query rows sent to the shards as one chunk (one task per
 # shard and chunk): large enough that a task's overhead (~1 ms) is small
@@ -53,147 +68,6 @@ class ShardLostError(RuntimeError):
 
 def _distributed():
     return import_optional("distributed", "dask", "ShardedNeighbors")
-
-
-# ------------------------------------------------------ tasks on the workers
-def _fit_shard(estimator, X, y=None):
-    return estimator.fit(X) if y is None else estimator.fit(X, y)
-
-
-def _summary(shard):
-    return {
-        "eval_rows": shard._eval_rows,
-        "efforts": list(shard._search_efforts()),
-        "default": shard._default_search_params(),
-        "dtype": shard._space.dtype,
-        "metric": (shard.effective_metric_, shard.effective_metric_params_),
-    }
-
-
-def _padded(dist, ind, k):
-    """Pad a shard's answer to ``k`` columns (a shard may hold fewer rows)."""
-    missing = k - dist.shape[1]
-    if missing <= 0:
-        return dist, ind
-    n = len(dist)
-    return (np.hstack([dist, np.full((n, missing), np.inf)]),
-            np.hstack([ind, np.full((n, missing), -1, dtype=ind.dtype)]))
-
-
-def _empty(n, k):
-    return np.full((n, k), np.inf), np.full((n, k), -1, dtype=np.intp)
-
-
-def _fitted_rows(shard, ids):
-    return shard._space.fitted_rows(ids).data
-
-
-def _routed(X, route):
-    """The rows of ``X`` that visit this shard: ``route`` is ``(router, shard,
-    n_probe)`` (see :mod:`._placement`), or None for every row."""
-    if route is None:
-        return None
-    router, shard, n_probe = route
-    return np.flatnonzero(router.visits(X, n_probe)[:, shard])
-
-
-def _knn_new(shard, X, k, params, route=None):
-    """Top ``k`` of query rows ``X`` in this shard: float64 distances, shard rows.
-
-    With a ``route``, rows that do not visit the shard get no neighbours
-    (infinite distances, row -1).
-    """
-    k_shard = min(k, shard.n_samples_fit_)
-    keep = _routed(X, route)
-    if keep is None:
-        n, rows_of = shard._queries(X)
-        return _padded(*shard._search(rows_of, n, k_shard, params), k)
-    dist, ind = _empty(X.shape[0], k)
-    if len(keep):
-        n, rows_of = shard._queries(X[keep])
-        dist[keep], ind[keep] = _padded(*shard._search(rows_of, n, k_shard, params), k)
-    return dist, ind
-
-
-def _knn_own(shard, ids, k, params):
-    """Top ``k`` of the shard's fitted rows ``ids``, each not its own neighbour."""
-    k_shard = min(k, shard.n_samples_fit_ - 1)
-    if k_shard < 1:
-        return _empty(len(ids), k)
-    found = shard._search(lambda batch: shard._space.fitted_rows(ids[batch]), len(ids),
-                          k_shard + 1, params, self_included=True)
-    return _padded(*drop_self(*found, ids), k)
-
-
-def _reference(shard, X, k):
-    """Exact float64 top ``k`` by the reference route (for ``recall_``)."""
-    space = shard._space
-    k_shard = min(k, shard.n_samples_fit_)
-    dist, ind = reference_kneighbors(space, space.rows(X), k_shard)
-    return _padded(dist, space.to_ids(ind), k)
-
-
-def _radius_rows(shard, rows_of, n, radius, params, own=None):
-    shard._check_search_params(params)
-    dists, inds = [], []
-    for row, (d_row, i_row) in enumerate(shard._radius_rows(rows_of, n, radius, params)):
-        if own is not None:
-            keep = i_row != own[row]
-            d_row, i_row = d_row[keep], i_row[keep]
-        dists.append(d_row)
-        inds.append(i_row)
-    return dists, inds
-
-
-def _radius_new(shard, X, radius, params, route=None):
-    keep = _routed(X, route)
-    if keep is None:
-        n, rows_of = shard._queries(X)
-        return _radius_rows(shard, rows_of, n, radius, params)
-    dists = [np.empty(0)] * X.shape[0]
-    inds = [np.empty(0, dtype=np.intp)] * X.shape[0]
-    if len(keep):
-        n, rows_of = shard._queries(X[keep])
-        found = _radius_rows(shard, rows_of, n, radius, params)
-        for row, d_row, i_row in zip(keep, *found):
-            dists[row], inds[row] = d_row, i_row
-    return dists, inds
-
-
-def _radius_own(shard, ids, radius, params):
-    return _radius_rows(shard, lambda batch: shard._space.fitted_rows(ids[batch]), len(ids),
-                        radius, params, own=ids)
-
-
-def _to_global(ind, rows):
-    """Shard rows ``ind`` (-1: none) as rows of the whole data: ``rows`` is the
-    shard's first row (contiguous shards) or its rows."""
-    if isinstance(rows, np.ndarray):
-        return np.where(ind >= 0, rows[np.maximum(ind, 0)], -1)
-    return np.where(ind >= 0, ind + rows, -1)
-
-
-def _shard_maps(maps):
-    """Each shard's rows for :func:`_to_global`: ``maps`` is a router or offsets."""
-    return getattr(maps, "shard_rows", maps)
-
-
-def _merge_knn(parts, maps, k):
-    """The ``k`` nearest of the shards' answers, ties by row; global rows."""
-    dist = np.hstack([d for d, _ in parts])
-    ind = np.hstack([_to_global(i, m) for (_, i), m in zip(parts, _shard_maps(maps))])
-    # A full sort, not a partition: ties at the k-th distance go to the lower row.
-    order = np.lexsort((ind, dist), axis=-1)[:, :k]
-    return np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
-
-
-def _merge_radius(parts, maps):
-    dists, inds = [], []
-    maps = _shard_maps(maps)
-    for rows in zip(*(zip(*part) for part in parts)):
-        dists.append(np.concatenate([d for d, _ in rows]))
-        inds.append(np.concatenate([_to_global(i, m) for (_, i), m in zip(rows, maps)]))
-    return dists, inds
 
 
 def setup_dask_workers(client=None, *, warm_up=("keras", "kernels")):

@@ -155,7 +155,7 @@ def test_clusters_placement_keeps_neighbourhoods_on_one_shard(client):
     assert np.mean(own_ind == ref_own[1]) >= 0.98
     assert not np.any(own_ind == np.arange(2400)[:, None])
     # A shard searches only the queries routed to it (the task, run here).
-    from skknn._sharded import _knn_new
+    from skknn._shard_tasks import _knn_new
 
     route = (ours._router, 0, ours.coarse_probe_)
     d0, i0 = _knn_new(shards[0], Q, 5, ours.search_params_[0], route)
