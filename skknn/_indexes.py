@@ -91,8 +91,9 @@ class IVFIndex:
 
     The codes are stored centred, cell after cell; a compiled kernel ranks
     the cell centres for the queries, then multiplies each cell's codes with
-    the queries probing it and keeps each query's ``n`` nearest in a heap. Building costs one small
-    k-means (a second or two at 60k codes), and nothing is compiled at fit:
+    the queries probing it and keeps each query's ``n`` nearest (a sorted
+    list, or a cut buffer for large ``n``). Building costs one small k-means
+    (a second or two at 60k codes), and nothing is compiled at fit:
     the kernel loads with the re-ranking kernel.
     """
 

@@ -175,9 +175,9 @@ def _compile():
         return top
 
     @jit
-    def scan_cells(Q, Z, z_sq, starts, probes, out, heap_d):
+    def scan_cells(Q, Z, z_sq, starts, probes, out, best_d):
         # Cell by cell, one matrix product of the cell's codes with every
-        # query probing it; each query keeps its n best (values in heap_d,
+        # query probing it; each query keeps its n best (values in best_d,
         # positions in out). Up to _SORTED_UP_TO of them in a sorted list;
         # beyond, rows below a threshold are appended to a buffer of 2n,
         # and a full buffer is cut to its n best (the threshold: their
@@ -201,7 +201,7 @@ def _compile():
                 if cell >= 0:
                     probing[filled[cell]] = i
                     filled[cell] += 1
-        heap_d[:] = np.inf
+        best_d[:] = np.inf
         out[:] = -1
         big = n > _SORTED_UP_TO
         n_big, cap = (n_queries, 2 * n) if big else (0, 0)
@@ -237,7 +237,7 @@ def _compile():
                                 filled_i = n
                     count[i], thresh[i] = filled_i, below
                     continue
-                hd, hi = heap_d[i], out[i]
+                hd, hi = best_d[i], out[i]
                 worst = hd[n - 1]
                 for b in range(stop - first):
                     value = z_sq[first + b] - 2.0 * G[a, b]
@@ -256,7 +256,7 @@ def _compile():
                 select_smallest(buf_d[i], buf_i[i], kept, n)
                 kept = n
             for t in range(kept):
-                heap_d[i, t] = buf_d[i, t]
+                best_d[i, t] = buf_d[i, t]
                 out[i, t] = buf_i[i, t]
 
     @jit
