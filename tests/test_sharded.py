@@ -117,6 +117,32 @@ def test_fit_asks_the_scheduler_for_the_workers(client, rng, monkeypatch):
     assert_array_equal(ours.kneighbors(X[:5], 1, return_distance=False).ravel(), np.arange(5))
 
 
+def test_merge_breaks_ties_between_shards_by_global_row(rng):
+    from skknn._shard_tasks import _merge_knn
+
+    k = 4
+    # Three shards holding interleaved rows (as placement='clusters' does),
+    # each answer sorted by distance then row, with many equal distances;
+    # some queries find fewer than k rows in a shard (inf, -1).
+    rows = np.sort(rng.permutation(90).reshape(3, 30), axis=1)
+    parts = []
+    for _ in rows:
+        dist = rng.randint(0, 3, (200, k)).astype(float)
+        ind = rng.randint(0, 30, (200, k))
+        dist[rng.rand(200) < 0.2, -1] = np.inf
+        order = np.lexsort((ind, dist), axis=-1)
+        dist, ind = np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
+        ind[np.isinf(dist)] = -1
+        parts.append((dist, ind))
+    dist, ind = _merge_knn(parts, list(rows), k)
+
+    all_dist = np.hstack([d for d, _ in parts])
+    all_ind = np.hstack([np.where(i >= 0, r[i], -1) for (_, i), r in zip(parts, rows)])
+    expected = np.lexsort((all_ind, all_dist), axis=-1)[:, :k]
+    assert_array_equal(dist, np.take_along_axis(all_dist, expected, 1))
+    assert_array_equal(ind, np.take_along_axis(all_ind, expected, 1))
+
+
 def test_shards_hold_contiguous_rows_and_answer_with_global_rows(client, rng):
     X = rng.randn(403, 5)
     ours = ShardedNeighbors(exact_learned(n_neighbors=4), n_shards=3, client=client).fit(X)
