@@ -1,11 +1,13 @@
 """ShardedNeighbors on a Dask LocalCluster against the same estimator in one process.
 
     python benchmarks/bench_sharded.py [--n-samples 200000] [--n-features 128]
-        [--estimator cluster|learned] [--queries 10000] [--stream 2000000] [--json]
+        [--estimator cluster|learned] [--queries 10000 50000] [--stream 2000000] [--json]
 
 Data: embedding-like vectors (:func:`skknn.datasets.make_embedding_like`),
-``--n-samples`` fitted rows and ``--queries`` queries (searched in one call);
-exact neighbours from a float64 brute force. Measured in one run, k = 10:
+``--n-samples`` fitted rows and the largest of ``--queries`` as queries; each
+of ``--queries`` is a number of queries searched in one call (the first rows),
+timed on the same fitted estimators; exact neighbours from a float64 brute
+force. Measured in one run, k = 10:
 
 * ``single``: the estimator in this process (all cores);
 * ``1 worker`` and ``2 workers``: ``ShardedNeighbors(estimator, n_shards=2)``
@@ -18,9 +20,14 @@ exact neighbours from a float64 brute force. Measured in one run, k = 10:
 * ``2 replicas``: ``ShardedNeighbors(estimator, n_shards=1, replicas=2)`` on
   two such workers: the whole index on each, the queries shared.
 
-For each: fit seconds, and over the search efforts queries/s and recall@10;
-the table gives q/s at the cheapest effort reaching ``--recall``, and the
-peak resident memory of each worker process. Then ``--stream`` query rows as
+For each: fit seconds, and over the search efforts queries/s and recall@10
+(of the queries timed); the table gives, for each number of queries per
+call, q/s at the cheapest effort reaching ``--recall`` ("step") and at
+exactly ``--recall`` ("interp.": the time per query interpolated linearly in
+recall between the two efforts around it, which splitting the queries
+between those two efforts would give; it takes the coarseness of the effort
+grid out of the comparison), and the peak resident memory of each worker
+process. Then ``--stream`` query rows as
 a dask array (generated on the workers, 50,000 rows a chunk) are searched
 lazily and reduced, with the workers' memory sampled every 0.2 s: flat memory
 means the peak does not grow with the number of rows streamed (printed at a
@@ -64,29 +71,44 @@ def _recall(ind, dist, exact_dist):
     return recall_at_k(dist, exact_dist)
 
 
-def _sweep(search, set_effort, efforts, Q, exact_dist, repeats=3):
-    """(effort, recall, q/s) over the efforts, stopping past recall 0.995."""
-    rows = []
+def _sweep(search, set_effort, efforts, Q, exact_dist, sizes, repeats=3):
+    """``{size: [(effort, recall, q/s), ...]}`` over the efforts, ``size``
+    queries a call, stopping past recall 0.995 (of the largest size)."""
+    rows = {size: [] for size in sizes}
     for effort in efforts:
         set_effort(effort)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            dist, ind = search(Q)
-            times.append(time.perf_counter() - start)
-        recall = _recall(ind, dist, exact_dist)
-        rows.append((effort, recall, len(Q) / float(np.median(times))))
-        _log(f"  {effort} recall={recall:.4f} q/s={rows[-1][2]:,.0f}")
+        for size in sizes:
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                dist, ind = search(Q[:size])
+                times.append(time.perf_counter() - start)
+            recall = _recall(ind, dist, exact_dist[:size])
+            rows[size].append((effort, recall, size / float(np.median(times))))
+        _log(f"  {effort} " + ", ".join(f"{size:,}/call: recall={r[-1][1]:.4f} q/s={r[-1][2]:,.0f}"
+                                        for size, r in rows.items()))
         if recall >= 0.995:
             break
     return rows
 
 
 def _at_recall(rows, target):
-    for effort, recall, qps in rows:
+    """q/s at the cheapest effort reaching ``target`` (``qps``), and at
+    ``target`` exactly (``qps_interp``): the seconds per query interpolated
+    linearly in recall between that effort and the one before it."""
+    for j, (effort, recall, qps) in enumerate(rows):
         if recall >= target:
-            return {"effort": effort, "recall": recall, "qps": qps}
+            point = {"effort": effort, "recall": recall, "qps": qps, "qps_interp": qps}
+            if j and rows[j - 1][1] < target < recall:
+                (_, r0, q0), (_, r1, q1) = rows[j - 1], rows[j]
+                share = (target - r0) / (r1 - r0)
+                point["qps_interp"] = 1.0 / ((1 - share) / q0 + share / q1)
+            return point
     return None
+
+
+def _at_recalls(rows, target):
+    return {size: _at_recall(r, target) for size, r in rows.items()}
 
 
 def _worker_peaks(client):
@@ -141,16 +163,18 @@ def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=
         def set_effort(effort):
             sharded.search_params_ = list(effort)
 
-        rows = _sweep(sharded.kneighbors, set_effort, efforts, Q, exact_dist)
-        result = {"fit_s": fit_s, "sweep": [(e[0], r, q) for e, r, q in rows],
+        rows = _sweep(sharded.kneighbors, set_effort, efforts, Q, exact_dist, args.queries)
+        rows = {size: [(e[0], r, q) for e, r, q in sweep] for size, sweep in rows.items()}
+        result = {"fit_s": fit_s, "sweep": rows,
                   "coarse_probe": sharded.coarse_probe_,
                   # Shards a query visits (all of them with placement='rows').
                   "shards_per_query": n_shards if placement == "rows" else float(
                       sharded._router.visits(Q, sharded.coarse_probe_).sum(axis=1).mean()),
-                  "at_recall": _at_recall([(e[0], r, q) for e, r, q in rows], args.recall),
+                  "at_recall": _at_recalls(rows, args.recall),
                   "peak_rss_mb_per_worker": _worker_peaks(client)}
         if n_workers == 2 and n_shards == 2 and args.stream and placement == "rows":
-            chosen = result["at_recall"] or {"effort": rows[-1][0][0]}
+            chosen = result["at_recall"][args.queries[0]] or {
+                "effort": rows[args.queries[0]][-1][0]}
             sharded.search_params_ = [chosen["effort"]] * 2
             result["stream"] = _stream(client, sharded, X.shape[1], args.stream)
         return result
@@ -197,7 +221,8 @@ def main(argv=None):
     parser.add_argument("--n-features", type=int, default=128)
     parser.add_argument("--estimator", choices=["cluster", "learned"], default="cluster")
     parser.add_argument("--recall", type=float, default=0.95)
-    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, nargs="+", default=[10_000, 50_000],
+                        help="queries per kneighbors call (each is timed)")
     parser.add_argument("--stream", type=int, default=2_000_000)
     parser.add_argument("--placement", nargs="+", choices=["rows", "clusters"],
                         default=["rows", "clusters"])
@@ -209,7 +234,8 @@ def main(argv=None):
 
     from skknn.datasets import make_embedding_like
 
-    data, _ = make_embedding_like(args.n_samples + args.queries, args.n_features,
+    args.queries = sorted(set(args.queries))
+    data, _ = make_embedding_like(args.n_samples + args.queries[-1], args.n_features,
                                   random_state=0)
     data = data.astype(np.float32)
     X, Q = data[:args.n_samples], data[args.n_samples:]
@@ -226,9 +252,9 @@ def main(argv=None):
     def set_effort(effort):
         single.search_params_ = effort
 
-    rows = _sweep(single.kneighbors, set_effort, _efforts(single), Q, exact_dist)
+    rows = _sweep(single.kneighbors, set_effort, _efforts(single), Q, exact_dist, args.queries)
     results["single"] = {"fit_s": fit_s, "sweep": rows,
-                         "at_recall": _at_recall(rows, args.recall)}
+                         "at_recall": _at_recalls(rows, args.recall)}
     for placement in args.placement:
         name = "" if placement == "rows" else " clusters"
         for n_workers in (1, 2):
@@ -241,33 +267,38 @@ def main(argv=None):
     if args.json:
         print(json.dumps(results, default=str))
         return
-    print(f"{args.n_samples:,} x {args.n_features} embedding-like, {args.queries:,} queries, "
-          f"k={K}, "
-          f"{type(estimator).__name__}; q/s at recall >= {args.recall}")
-    print(f"{'':<18} {'fit s':>7} {'q/s':>9} {'recall':>7} {'shards/q':>8}  effort   "
-          "peak RSS per worker (MB)")
-    for name, res in results.items():
-        point = res["at_recall"] or {}
-        peaks = " / ".join(f"{p:.0f}" for p in res.get("peak_rss_mb_per_worker", []))
-        print(f"{name:<18} {res['fit_s']:>7.1f} {point.get('qps', float('nan')):>9,.0f} "
-              f"{point.get('recall', float('nan')):>7.4f} {res.get('shards_per_query', 1):>8.2f}"
-              f"  {point.get('effort')}  {peaks}")
+    print(f"{args.n_samples:,} x {args.n_features} embedding-like, k={K}, "
+          f"{type(estimator).__name__}; q/s at recall >= {args.recall} (step) and at "
+          f"{args.recall} (interp.), per number of queries in a call")
+    header = "".join(f" {f'{size:,}/call: step':>18} {'recall':>7} {'interp.':>8} {'vs one':>6}"
+                     for size in args.queries)
+    print(f"{'':<18} {'fit s':>6} {'shards/q':>8}{header}  peak RSS per worker (MB)")
     single = results["single"]
+    for name, res in results.items():
+        cells = []
+        for size in args.queries:
+            point, one = res["at_recall"][size] or {}, single["at_recall"][size] or {}
+            ratio = point.get("qps_interp", np.nan) / one.get("qps_interp", np.nan)
+            cells.append(f" {point.get('qps', np.nan):>18,.0f} {point.get('recall', np.nan):>7.4f}"
+                         f" {point.get('qps_interp', np.nan):>8,.0f} {ratio:>5.2f}x")
+        peaks = " / ".join(f"{p:.0f}" for p in res.get("peak_rss_mb_per_worker", []))
+        print(f"{name:<18} {res['fit_s']:>6.1f} {res.get('shards_per_query', 1):>8.2f}"
+              f"{''.join(cells)}  {peaks}")
     for name in ("", " clusters"):
         if f"1 worker{name}" not in results:
             continue
         one, two = results[f"1 worker{name}"], results[f"2 worker{name}"]
-        if one["at_recall"] and two["at_recall"]:
-            wall = lambda r: r["fit_s"] + args.queries / r["at_recall"]["qps"]  # noqa: E731
-            print(f"2 workers / 1 worker wall time{name} (fit + {args.queries:,} queries): "
-                  f"{wall(two) / wall(one):.2f}x  (fit {two['fit_s'] / one['fit_s']:.2f}x, "
-                  f"query {one['at_recall']['qps'] / two['at_recall']['qps']:.2f}x)")
-    for name in ("2 worker", "2 worker clusters", "2 replicas"):
-        if name in results and results[name]["at_recall"] and single["at_recall"]:
-            print(f"{name} q/s / single process q/s: "
-                  f"{results[name]['at_recall']['qps'] / single['at_recall']['qps']:.2f}x")
-    if "stream" in two:
-        s = two["stream"]
+        for size in args.queries:
+            if one["at_recall"][size] and two["at_recall"][size]:
+                def wall(r, size=size):
+                    return r["fit_s"] + size / r["at_recall"][size]["qps"]
+
+                query = one["at_recall"][size]["qps"] / two["at_recall"][size]["qps"]
+                print(f"2 workers / 1 worker wall time{name} (fit + {size:,} queries, step): "
+                      f"{wall(two) / wall(one):.2f}x  (fit {two['fit_s'] / one['fit_s']:.2f}x, "
+                      f"query {query:.2f}x)")
+    if "stream" in results.get("2 worker", {}):
+        s = results["2 worker"]["stream"]
         print(f"stream {s['rows']:,} rows: {s['qps']:,.0f} q/s; workers' memory at rest "
               f"{s['baseline_mb']:.0f} MB, peak {s['peak_mb_first_quarter']:.0f} MB (first "
               f"quarter) / {s['peak_mb']:.0f} MB (all)")
