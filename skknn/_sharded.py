@@ -12,7 +12,6 @@ Dask (``distributed``) is imported only here, and only when first needed.
 """
 
 import itertools
-import math
 import numbers
 from collections import deque
 from concurrent.futures import CancelledError
@@ -175,9 +174,6 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         99.5% of the held-out rows' neighbours). Probing every centre
         (``coarse_probe_ = n_coarse_centres_``) visits every shard. More
         than one shard needs ``pymetis`` (``pip install 'skknn[graph]'``).
-        A shard is then a region of the data: a ``ClusterFilteredKNN`` with
-        ``n_clusters=None`` gets on each shard clusters of the size it would
-        give the whole data, ``ceil(shard rows / sqrt(n_samples))`` of them.
 
     Attributes
     ----------
@@ -377,8 +373,6 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         for i, (s, data) in enumerate(zip(slices, shards_data)):
             est = clone(self.estimator).set_params(random_state=int(seeds[i]),
                                                     target_recall=None)
-            if router is not None:
-                _size_clusters_for_region(est, len(s), n_samples)
             args = (est, data) if y is None else (est, data, y[s])
             # Shards spread over the workers (where their rows were sent).
             shards.append(client.submit(_fit_shard, *args, pure=False,
@@ -871,23 +865,6 @@ default=None
             dists[row], inds[row] = d_row[order].astype(self._dtype), i_row[order]
         inds = _to_object_array(inds)
         return (_to_object_array(dists), inds) if return_distance else inds
-
-
-def _size_clusters_for_region(shard, n_rows, n_samples):
-    """``placement='clusters'``: a shard holding ``n_rows`` of ``n_samples``
-    rows is a region of the data; a ``ClusterFilteredKNN`` left to choose its
-    own number of clusters gets clusters of the size it would give the whole
-    data (``sqrt(n_samples)`` rows), not ``sqrt(n_rows)``.
-
-    Its neighbourhoods are as dense as in the whole data. On 200,000 x 128
-    embedding-like vectors in two shards (224 clusters each rather than
-    317), recall at each ``probe_mass`` rose by 0.2-1 point (0.9496 against
-    0.9470 at 0.95) and q/s at recall 0.95 by ~7% (one run, same workers).
-    """
-    params = shard.get_params(deep=False)
-    if params.get("n_clusters", 0) is None and isinstance(params.get("partition"), str):
-        n_clusters = math.ceil(n_rows / math.sqrt(n_samples))
-        shard.set_params(n_clusters=max(n_clusters, params.get("n_probe") or 1))
 
 
 def _check_dask_array(X):

@@ -192,22 +192,6 @@ def test_clusters_placement_keeps_neighbourhoods_on_one_shard(client):
         ours.kneighbors(Q[:2])
 
 
-def test_clusters_placement_sizes_a_shards_clusters_as_on_the_whole_data(client):
-    X = make_blobs_data(n_samples=1600, n_features=6, centers=8)
-    cluster = ClusterFilteredKNN(4, router="centroid", partition="kmeans", random_state=0)
-    by_region = ShardedNeighbors(cluster, n_shards=2, placement="clusters",
-                                 client=client).fit(X)
-    # 40 rows a cluster, as ClusterFilteredKNN gives 1,600 rows (not sqrt of a shard's).
-    assert [s.n_clusters_ for s in by_region.gather_shards()] == [
-        int(np.ceil(len(rows) / 40)) for rows in by_region.shard_rows_]
-    by_rows = ShardedNeighbors(cluster, n_shards=2, client=client).fit(X)
-    assert [s.n_clusters_ for s in by_rows.gather_shards()] == [29, 29]
-    given = ShardedNeighbors(clone(cluster).set_params(n_clusters=7), n_shards=2,
-                             placement="clusters", client=client).fit(X)
-    assert [s.n_clusters_ for s in given.gather_shards()] == [7, 7]
-    assert cluster.n_clusters is None  # the estimator given is left as it was
-
-
 def test_clusters_placement_from_a_dask_array_and_its_errors(client, rng, monkeypatch):
     X = make_blobs_data(n_samples=600, n_features=5, centers=6)
     Qd = da.from_array(X[:100] + 0.01, chunks=40)
