@@ -6,9 +6,11 @@ Keras, its backend and pynndescent are imported only when first needed, so
 
 from ._autoencoder import AutoencoderEmbedder
 from ._cluster_filtered import ClusterFilteredKNN
+from ._dask_setup import setup_dask_workers
+from ._fan_out import ShardLostError
 from ._learned import LearnedNeighbors
 from ._metrics import SUPPORTED_METRICS
-from ._sharded import ShardedNeighbors, ShardLostError, setup_dask_workers
+from ._sharded import ShardedNeighbors
 from ._triplet import TripletEmbedder
 
 __version__ = "0.1.0.dev0"

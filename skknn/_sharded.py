@@ -3,18 +3,16 @@
 The rows are split into shards: contiguous slices, or whole clusters of rows
 (:mod:`._placement`). A clone of the estimator is fitted on each shard by a
 Dask task, on the worker that holds the shard's rows, and the fitted shard
-stays there. A chunk of queries goes to the shards (:mod:`._shard_tasks`);
-each shard answers with exact float64 distances and its own row numbers, and
-the top ``k`` are merged with the row numbers mapped to rows of the whole
-data.
+stays there. A chunk of queries goes to the shards (:mod:`._fan_out`, the
+tasks in :mod:`._shard_tasks`); each shard answers with exact float64
+distances and its own row numbers, and the top ``k`` are merged with the row
+numbers mapped to rows of the whole data.
 
-Dask (``distributed``) is imported only here, and only when first needed.
+Dask (``distributed``) is imported only when first needed.
 """
 
 import itertools
 import numbers
-from collections import deque
-from concurrent.futures import CancelledError
 
 import numpy as np
 from scipy.sparse import issparse
@@ -33,27 +31,18 @@ from ._base import (
     fit_atomically,
     query_batches,
 )
-from ._indexes import import_optional
+from ._dask_setup import _distributed
+from ._fan_out import ShardFanOut, ShardLostError
 from ._placement import fit_router, probe_grid
 from ._search import drop_self, recall_at_k, stack_parts
 from ._shard_tasks import (
     _fit_shard,
-    _fitted_rows,
     _knn_new,
-    _knn_own,
     _merge_knn,
-    _merge_radius,
-    _radius_new,
-    _radius_own,
-    _reference,
     _summary,
     _to_global,
 )
 
-# Bytes of float64 query rows sent to the shards as one chunk (one task per
-# shard and chunk): large enough that a task's overhead (~1 ms) is small
-# against its search, small enough to bound each worker's memory.
-_CHUNK_BYTES = 2**25
 # placement='clusters': rows the coarse centres are fitted on; the share of
 # the recall target's misses the routing may cause when choosing
 # coarse_probe_ (and the recall it keeps with no target).
@@ -62,61 +51,8 @@ _ROUTING_SHARE = 0.25
 _ROUTING_RECALL = 0.995
 
 
-class ShardLostError(RuntimeError):
-    """A shard was lost with the worker(s) holding it and cannot be recovered."""
-
-
-def _distributed():
-    return import_optional("distributed", "dask", "ShardedNeighbors")
-
-
-def setup_dask_workers(client=None, *, warm_up=("keras", "kernels")):
-    """Prepare every worker of a Dask cluster for skknn tasks, once per worker.
-
-    Registers a worker plugin (also run by workers that start later) that
-
-    * limits XLA (JAX), numba and BLAS to one thread per task, as Dask runs
-      one task per worker thread: a task using every core would compete with
-      the worker's other tasks (call this before the workers run JAX);
-    * on Linux (glibc), lets a worker keep up to 64 MiB of freed memory for
-      reuse: Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``,
-      under which every large temporary goes back to the OS and is faulted
-      in again (a shard fit of 100k x 128 rows: 39 s, and 31 s after this);
-    * pays the start-up of ``warm_up`` now, once per worker process, rather
-      than in the first task that needs it (e.g. a grid search's first fit
-      on each worker).
-
-    Use it before ``joblib.parallel_backend('dask')`` runs a grid search of
-    skknn estimators, or before fitting a :class:`ShardedNeighbors`.
-
-    Parameters
-    ----------
-    client : distributed.Client, default=None
-        The cluster's client; the default client if None.
-    warm_up : tuple of {'keras', 'kernels', 'pynndescent'}, default=('keras', 'kernels')
-        What to start up: Keras with its backend (a tiny router fit), the
-        compiled search kernels, and pynndescent (its compilation takes
-        ~30 s per process; include it for ``backend='pynndescent'``).
-
-    Returns
-    -------
-    took : dict
-        For each worker address, the seconds each warm-up took there.
-    """
-    distributed = _distributed()
-    from ._dask_workers import _WARM_UPS, SkknnWorkerSetup
-
-    unknown = set(warm_up) - set(_WARM_UPS)
-    if unknown:
-        raise ValueError(f"warm_up takes parts among {_WARM_UPS}, got {sorted(unknown)}.")
-    if client is None:
-        client = distributed.get_client()
-    client.register_plugin(SkknnWorkerSetup(warm_up))
-    return client.run(lambda dask_worker: dask_worker.skknn_warm_up)
-
-
 # ------------------------------------------------------------ the estimator
-class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
+class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
     """Nearest neighbours over shards of the data, one search estimator per shard, on Dask.
 
     The rows are split into ``n_shards`` shards, and a clone of
@@ -333,17 +269,7 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         # Asked of the scheduler now: scheduler_info()'s cached copy may be
         # one a periodic refresh made without the workers (distributed 2026.8).
         workers = sorted(client.nthreads())
-        n_shards = self.n_shards or len(workers)
-        if n_shards > n_samples:
-            raise ValueError(
-                f"n_shards={n_shards} is more than the rows of X (n_samples={n_samples}): each "
-                "shard needs at least one row."
-            )
-        if self.replicas > len(workers):
-            raise ValueError(
-                f"replicas={self.replicas} needs as many workers, each holding one copy; the "
-                f"cluster has {len(workers)}."
-            )
+        n_shards = self._check_layout(n_samples, workers)
         if y is not None:
             y = np.asarray(y)
             if len(y) != n_samples:
@@ -358,9 +284,49 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         else:
             slices = list(gen_even_slices(n_samples, n_shards))
             offsets = np.array([s.start for s in slices] + [n_samples])
+        shards = self._fit_shards(client, workers, X, y, slices, offsets, seeds, from_dask)
+        self._client, self._shards = client, self._replicate(client, workers, shards)
+        self._turns = itertools.count()
+        self._recomputable = from_dask
+        self._router, self._router_future = router, None
+        summaries = client.gather([self._on_shard(_summary, shard) for shard in shards])
+        self.n_shards_ = n_shards
+        self.shard_offsets_ = offsets
+        self.shard_rows_ = None if router is None else router.shard_rows
+        self.n_coarse_centres_ = None if router is None else router.n_centres
+        self.coarse_probe_ = None
+        if router is not None:
+            # Each fitted row's shard, and its place in it.
+            self._row_shard = row_shard
+            self._row_local = np.empty(n_samples, dtype=np.intp)
+            for rows in router.shard_rows:
+                self._row_local[rows] = np.arange(len(rows))
+        self.n_samples_fit_ = n_samples
+        self._dtype = np.dtype(summaries[0]["dtype"])
+        self.effective_metric_, self.effective_metric_params_ = summaries[0]["metric"]
+        self._tune(summaries, rng)
+
+    def _check_layout(self, n_samples, workers):
+        """The number of shards, checked with ``replicas`` against the data and workers."""
+        n_shards = self.n_shards or len(workers)
+        if n_shards > n_samples:
+            raise ValueError(
+                f"n_shards={n_shards} is more than the rows of X (n_samples={n_samples}): each "
+                "shard needs at least one row."
+            )
+        if self.replicas > len(workers):
+            raise ValueError(
+                f"replicas={self.replicas} needs as many workers, each holding one copy; the "
+                f"cluster has {len(workers)}."
+            )
+        return n_shards
+
+    def _fit_shards(self, client, workers, X, y, slices, offsets, seeds, from_dask):
+        """Send each shard's rows to a worker and fit a clone of the estimator
+        there; the futures of the fitted shards, once all are fitted."""
         if from_dask:
             # One chunk of rows per shard, computed on the cluster.
-            if router is None:
+            if offsets is not None:
                 X = X.rechunk((tuple(np.diff(offsets)), (X.shape[1],)))
                 parts = list(X.to_delayed().ravel())
             else:
@@ -386,6 +352,11 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
                 "A worker was lost while the shards were fitted; nothing was changed. Fit "
                 "again."
             ) from exc
+        return shards
+
+    def _replicate(self, client, workers, shards):
+        """Each shard's copies: the fitted shard, and ``replicas - 1`` copies
+        of it on the next workers."""
         replicas = [[shard] for shard in shards]
         for i, shard in enumerate(shards if self.replicas > 1 else []):
             # A copy sent from here under a key of its own: copying through a
@@ -396,27 +367,7 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
                 owner = workers[(i + r) % len(workers)]
                 replicas[i].append(client.scatter(fitted, workers=[owner], hash=False))
             del fitted
-        del shards_data
-        self._client, self._shards = client, replicas
-        self._turns = itertools.count()
-        self._recomputable = from_dask
-        self._router, self._router_future = router, None
-        summaries = client.gather([self._on_shard(_summary, shard) for shard in shards])
-        self.n_shards_ = n_shards
-        self.shard_offsets_ = offsets
-        self.shard_rows_ = None if router is None else router.shard_rows
-        self.n_coarse_centres_ = None if router is None else router.n_centres
-        self.coarse_probe_ = None
-        if router is not None:
-            # Each fitted row's shard, and its place in it.
-            self._row_shard = row_shard
-            self._row_local = np.empty(n_samples, dtype=np.intp)
-            for rows in router.shard_rows:
-                self._row_local[rows] = np.arange(len(rows))
-        self.n_samples_fit_ = n_samples
-        self._dtype = np.dtype(summaries[0]["dtype"])
-        self.effective_metric_, self.effective_metric_params_ = summaries[0]["metric"]
-        self._tune(summaries, rng)
+        return replicas
 
     def _place(self, X, n_shards, seed, from_dask):
         """``placement='clusters'``: the router, with the rows of each shard, and
@@ -513,194 +464,6 @@ class ShardedNeighbors(NeighborsGraphMixin, BaseEstimator):
         """
         check_is_fitted(self)
         return [self._live(i)[0].result() for i in range(self.n_shards_)]
-
-    # ------------------------------------------------------- fan-out, merge
-    def _live(self, shard):
-        """The replicas of a shard not lost with their workers."""
-        live = [f for f in self._shards[shard] if f.status not in ("cancelled", "lost")]
-        if not live:
-            rows = self._global_rows(shard)
-            held = (f"fitted rows {rows[0]} to {rows[-1]}" if self._router is None
-                    else f"{len(rows)} fitted rows")
-            raise ShardLostError(
-                f"Shard {shard} ({held}) was lost with the "
-                "worker(s) that held it and cannot be recovered: its rows were sent from "
-                "this process, and no replica is left. Fit again, with replicas=2 or more "
-                "to survive the loss of a worker."
-            )
-        return live
-
-    def _on_shard(self, func, shard, *args, who_has=None):
-        """Submit ``func(shard, *args)`` to the worker holding that copy of the shard.
-
-        Left to itself, Dask may run a task elsewhere and copy the shard
-        there; its memory manager then keeps one of the two copies, perhaps
-        on a worker that holds a replica already. Shards fitted from NumPy
-        rows cannot be recomputed, so their tasks are pinned; those fitted
-        from a dask array may be recomputed on another worker, so theirs
-        only prefer the holder.
-        """
-        who_has = self._client.who_has(shard) if who_has is None else who_has
-        holders = list(who_has.get(shard.key, ()))
-        if not holders:  # being recomputed
-            return self._client.submit(func, shard, *args, pure=False)
-        return self._client.submit(func, shard, *args, pure=False, workers=holders,
-                                   allow_other_workers=self._recomputable)
-
-    def _submit(self, kind, query, k, params):
-        """Tasks of one chunk of queries on every shard (futures, in shard order).
-
-        ``query`` is ``('new', rows)`` or ``('own', shard, ids)`` (fitted rows
-        of one shard, each not its own neighbour). ``kind``: 'knn',
-        'reference' or 'radius' (``k`` is then the radius).
-        """
-        client = self._client
-        router = None
-        if self._router is not None and kind != "reference":
-            router = self._shared_router()
-        # Chunks take turns over the replicas of each shard: replicas share
-        # the queries as well as guarding against a lost worker.
-        turn = next(self._turns)
-        shards = [live[turn % len(live)] for live in map(self._live, range(self.n_shards_))]
-        where = client.who_has(shards)
-        if query[0] == "new":
-            # Sent where the first shard's copy is (a single shard: no copy further).
-            first, owner = list(where.get(shards[0].key, ())), None
-            try:
-                data = client.scatter(query[1], workers=first or None, hash=False)
-            except KeyError:  # that worker has just left (a lost copy: retried)
-                data = client.scatter(query[1], hash=False)
-        else:
-            owner, ids = query[1], query[2]
-            data = self._on_shard(_fitted_rows, shards[owner], ids, who_has=where)
-        futures = []
-        for i, shard in enumerate(shards):
-            if kind == "reference":
-                task, args = _reference, (data, k)
-            else:
-                own = i == owner
-                task = {("knn", False): _knn_new, ("knn", True): _knn_own,
-                        ("radius", False): _radius_new, ("radius", True): _radius_own}[kind, own]
-                args = (ids if own else data, k, params[i])
-                if router is not None and not own:
-                    # (A fitted row's own shard is always among its visits.)
-                    args += ((router, i, self.coarse_probe_),)
-            futures.append(self._on_shard(task, shard, *args, who_has=where))
-        return futures
-
-    def _lost(self):
-        """The errors by which a task or a transfer reports a lost worker."""
-        distributed = _distributed()
-        # OSError: the connection to a worker closed while sending to it.
-        return CancelledError, distributed.client.FutureCancelledError, OSError
-
-    def _run(self, kind, query, k, params=None, futures=None):
-        """One chunk of queries on every shard, merged (see :meth:`_submit`).
-
-        ``futures``: its tasks, if already submitted. Where a worker is lost
-        during the chunk, the chunk is run again on the replicas left; never
-        is a partial answer returned.
-        """
-        for _ in range(sum(len(r) for r in self._shards) + 1):
-            try:
-                if futures is None:
-                    futures = self._submit(kind, query, k, params)
-                parts = self._client.gather(futures)
-            except self._lost():
-                futures = None  # again, on the replicas left
-                continue
-            if kind == "radius":
-                return _merge_radius(parts, self._maps_of_shards())
-            return _merge_knn(parts, self._maps_of_shards(), k)
-        raise ShardLostError("Workers were lost on every attempt to search this chunk.")
-
-    def _run_all(self, kind, queries, k, params):
-        """:meth:`_run` over chunks, in order. As many chunks as a shard has
-        copies are searched at once, and the next one is submitted before
-        the first of them is merged (the workers search meanwhile)."""
-        pending, depth = deque(), self._copies() + 1
-        for query in queries:
-            try:
-                futures = self._submit(kind, query, k, params)
-            except self._lost():
-                futures = None
-            pending.append((query, futures))
-            if len(pending) >= depth:
-                query, futures = pending.popleft()
-                yield self._run(kind, query, k, params, futures)
-        while pending:
-            query, futures = pending.popleft()
-            yield self._run(kind, query, k, params, futures)
-
-    def _copies(self):
-        """The fewest live copies of any shard."""
-        return min(len(self._live(i)) for i in range(self.n_shards_))
-
-    def _chunk_rows(self, n_queries):
-        """Rows per chunk of ``n_queries``: at most ``_CHUNK_BYTES`` of float64,
-        and at least one chunk per copy of a shard, so that all copies search."""
-        by_bytes = max(1, _CHUNK_BYTES // (8 * self.n_features_in_))
-        return max(1, min(by_bytes, -(-n_queries // self._copies())))
-
-    # ------------------------------------------------ rows and their shards
-    def _maps_of_shards(self):
-        """What maps each shard's rows to global rows (see :func:`_to_global`)."""
-        return self.shard_offsets_[:-1] if self._router is None else self._router.shard_rows
-
-    def _global_rows(self, shard):
-        """The fitted rows (global, ascending) shard ``shard`` holds."""
-        if self._router is None:
-            return np.arange(self.shard_offsets_[shard], self.shard_offsets_[shard + 1])
-        return self._router.shard_rows[shard]
-
-    def _locate(self, rows):
-        """The shard of each of the fitted rows ``rows`` (global), and its row there."""
-        if self._router is None:
-            shard = np.searchsorted(self.shard_offsets_, rows, side="right") - 1
-            return shard, rows - self.shard_offsets_[shard]
-        return self._row_shard[rows], self._row_local[rows]
-
-    def _shared_router(self):
-        """The router on the workers (sent again if the workers holding it were lost)."""
-        if self._router_future is None or self._router_future.status != "finished":
-            self._router_future = self._client.scatter(self._router, broadcast=True,
-                                                       hash=False)
-        return self._router_future
-
-    def _fitted_rows(self, rows):
-        """The fitted rows ``rows`` (global, sorted), fetched from their shards."""
-        shard_of, local = self._locate(rows)
-        present = np.unique(shard_of)
-        futures = [self._on_shard(_fitted_rows, self._live(i)[0], local[shard_of == i])
-                   for i in present]
-        stacked = np.vstack(self._client.gather(futures))
-        if self._router is None:  # contiguous shards: already in order
-            return stacked
-        return stacked[np.argsort(np.concatenate([np.flatnonzero(shard_of == i)
-                                                  for i in present]), kind="stable")]
-
-    def _own_chunks(self, rows=None):
-        """``('own', shard, ids)`` chunks of the fitted rows ``rows`` (global,
-        sorted; all if None), shard by shard; and where each row of the
-        chunks' answers goes among ``rows`` (None: in order)."""
-        chunks, order = [], []
-        for i in range(self.n_shards_):
-            mine = self._global_rows(i)
-            if rows is not None:
-                mine = mine[np.isin(mine, rows, assume_unique=True)]
-            local = self._locate(mine)[1]
-            chunks.extend(("own", i, local[s])
-                          for s in query_batches(len(mine), self._chunk_rows(len(mine))))
-            order.append(mine)
-        if self._router is None:  # contiguous shards: already in order
-            return chunks, None
-        return chunks, np.argsort(np.concatenate(order), kind="stable")
-
-    def _kneighbors_rows(self, rows, k, params):
-        """Neighbours of fitted rows (global, sorted), each not its own."""
-        chunks, order = self._own_chunks(rows)
-        dist, ind = stack_parts(list(self._run_all("knn", chunks, k, params)))
-        return (dist, ind) if order is None else (dist[order], ind[order])
 
     # -------------------------------------------------------------- queries
     def _check_search_params(self):

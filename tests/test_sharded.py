@@ -371,9 +371,9 @@ def test_failed_fit_leaves_the_estimator_as_before(client, rng):
 
 def _kill_holder_during_query(client, ours, Q, monkeypatch):
     """Query in a thread and kill the worker holding shard 0 once it runs."""
-    import skknn._sharded as sharded
+    import skknn._fan_out as fan_out
 
-    monkeypatch.setattr(sharded, "_CHUNK_BYTES", 8 * Q.shape[1] * 20)  # many chunks
+    monkeypatch.setattr(fan_out, "_CHUNK_BYTES", 8 * Q.shape[1] * 20)  # many chunks
     result = {}
 
     def query():

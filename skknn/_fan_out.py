@@ -1,0 +1,232 @@
+"""How a fitted ShardedNeighbors reaches its shards on the Dask workers.
+
+Each shard may have copies on several workers (``replicas``); tasks run on
+the worker holding the copy they search. A chunk of queries becomes one task
+per shard (:mod:`._shard_tasks`), and the shards' answers are merged. Where a
+worker is lost during a chunk, the chunk runs again on the copies left; a
+shard with no copy left raises :class:`ShardLostError`, never a partial
+answer. The rows each shard holds map its answers to rows of the whole data.
+"""
+
+from collections import deque
+from concurrent.futures import CancelledError
+
+import numpy as np
+
+from ._base import query_batches
+from ._dask_setup import _distributed
+from ._search import stack_parts
+from ._shard_tasks import (
+    _fitted_rows,
+    _knn_new,
+    _knn_own,
+    _merge_knn,
+    _merge_radius,
+    _radius_new,
+    _radius_own,
+    _reference,
+)
+
+# Bytes of float64 query rows sent to the shards as one chunk (one task per
+# shard and chunk): large enough that a task's overhead (~1 ms) is small
+# against its search, small enough to bound each worker's memory.
+_CHUNK_BYTES = 2**25
+
+
+class ShardLostError(RuntimeError):
+    """A shard was lost with the worker(s) holding it and cannot be recovered."""
+
+
+class ShardFanOut:
+    """The fan-out of :class:`~skknn.ShardedNeighbors`: its shards' copies,
+    chunks of queries run on every shard and merged, and the rows each shard
+    holds (mixed into the estimator; the fitted state is set by its ``fit``).
+    """
+
+    # ------------------------------------------------------- fan-out, merge
+    def _live(self, shard):
+        """The replicas of a shard not lost with their workers."""
+        live = [f for f in self._shards[shard] if f.status not in ("cancelled", "lost")]
+        if not live:
+            rows = self._global_rows(shard)
+            held = (f"fitted rows {rows[0]} to {rows[-1]}" if self._router is None
+                    else f"{len(rows)} fitted rows")
+            raise ShardLostError(
+                f"Shard {shard} ({held}) was lost with the "
+                "worker(s) that held it and cannot be recovered: its rows were sent from "
+                "this process, and no replica is left. Fit again, with replicas=2 or more "
+                "to survive the loss of a worker."
+            )
+        return live
+
+    def _on_shard(self, func, shard, *args, who_has=None):
+        """Submit ``func(shard, *args)`` to the worker holding that copy of the shard.
+
+        Left to itself, Dask may run a task elsewhere and copy the shard
+        there; its memory manager then keeps one of the two copies, perhaps
+        on a worker that holds a replica already. Shards fitted from NumPy
+        rows cannot be recomputed, so their tasks are pinned; those fitted
+        from a dask array may be recomputed on another worker, so theirs
+        only prefer the holder.
+        """
+        who_has = self._client.who_has(shard) if who_has is None else who_has
+        holders = list(who_has.get(shard.key, ()))
+        if not holders:  # being recomputed
+            return self._client.submit(func, shard, *args, pure=False)
+        return self._client.submit(func, shard, *args, pure=False, workers=holders,
+                                   allow_other_workers=self._recomputable)
+
+    def _submit(self, kind, query, k, params):
+        """Tasks of one chunk of queries on every shard (futures, in shard order).
+
+        ``query`` is ``('new', rows)`` or ``('own', shard, ids)`` (fitted rows
+        of one shard, each not its own neighbour). ``kind``: 'knn',
+        'reference' or 'radius' (``k`` is then the radius).
+        """
+        client = self._client
+        router = None
+        if self._router is not None and kind != "reference":
+            router = self._shared_router()
+        # Chunks take turns over the replicas of each shard: replicas share
+        # the queries as well as guarding against a lost worker.
+        turn = next(self._turns)
+        shards = [live[turn % len(live)] for live in map(self._live, range(self.n_shards_))]
+        where = client.who_has(shards)
+        if query[0] == "new":
+            # Sent where the first shard's copy is (a single shard: no copy further).
+            first, owner = list(where.get(shards[0].key, ())), None
+            try:
+                data = client.scatter(query[1], workers=first or None, hash=False)
+            except KeyError:  # that worker has just left (a lost copy: retried)
+                data = client.scatter(query[1], hash=False)
+        else:
+            owner, ids = query[1], query[2]
+            data = self._on_shard(_fitted_rows, shards[owner], ids, who_has=where)
+        futures = []
+        for i, shard in enumerate(shards):
+            if kind == "reference":
+                task, args = _reference, (data, k)
+            else:
+                own = i == owner
+                task = {("knn", False): _knn_new, ("knn", True): _knn_own,
+                        ("radius", False): _radius_new, ("radius", True): _radius_own}[kind, own]
+                args = (ids if own else data, k, params[i])
+                if router is not None and not own:
+                    # (A fitted row's own shard is always among its visits.)
+                    args += ((router, i, self.coarse_probe_),)
+            futures.append(self._on_shard(task, shard, *args, who_has=where))
+        return futures
+
+    def _lost(self):
+        """The errors by which a task or a transfer reports a lost worker."""
+        distributed = _distributed()
+        # OSError: the connection to a worker closed while sending to it.
+        return CancelledError, distributed.client.FutureCancelledError, OSError
+
+    def _run(self, kind, query, k, params=None, futures=None):
+        """One chunk of queries on every shard, merged (see :meth:`_submit`).
+
+        ``futures``: its tasks, if already submitted. Where a worker is lost
+        during the chunk, the chunk is run again on the replicas left; never
+        is a partial answer returned.
+        """
+        for _ in range(sum(len(r) for r in self._shards) + 1):
+            try:
+                if futures is None:
+                    futures = self._submit(kind, query, k, params)
+                parts = self._client.gather(futures)
+            except self._lost():
+                futures = None  # again, on the replicas left
+                continue
+            if kind == "radius":
+                return _merge_radius(parts, self._maps_of_shards())
+            return _merge_knn(parts, self._maps_of_shards(), k)
+        raise ShardLostError("Workers were lost on every attempt to search this chunk.")
+
+    def _run_all(self, kind, queries, k, params):
+        """:meth:`_run` over chunks, in order. As many chunks as a shard has
+        copies are searched at once, and the next one is submitted before
+        the first of them is merged (the workers search meanwhile)."""
+        pending, depth = deque(), self._copies() + 1
+        for query in queries:
+            try:
+                futures = self._submit(kind, query, k, params)
+            except self._lost():
+                futures = None
+            pending.append((query, futures))
+            if len(pending) >= depth:
+                query, futures = pending.popleft()
+                yield self._run(kind, query, k, params, futures)
+        while pending:
+            query, futures = pending.popleft()
+            yield self._run(kind, query, k, params, futures)
+
+    def _copies(self):
+        """The fewest live copies of any shard."""
+        return min(len(self._live(i)) for i in range(self.n_shards_))
+
+    def _chunk_rows(self, n_queries):
+        """Rows per chunk of ``n_queries``: at most ``_CHUNK_BYTES`` of float64,
+        and at least one chunk per copy of a shard, so that all copies search."""
+        by_bytes = max(1, _CHUNK_BYTES // (8 * self.n_features_in_))
+        return max(1, min(by_bytes, -(-n_queries // self._copies())))
+
+    # ------------------------------------------------ rows and their shards
+    def _maps_of_shards(self):
+        """What maps each shard's rows to global rows (see :func:`_to_global`)."""
+        return self.shard_offsets_[:-1] if self._router is None else self._router.shard_rows
+
+    def _global_rows(self, shard):
+        """The fitted rows (global, ascending) shard ``shard`` holds."""
+        if self._router is None:
+            return np.arange(self.shard_offsets_[shard], self.shard_offsets_[shard + 1])
+        return self._router.shard_rows[shard]
+
+    def _locate(self, rows):
+        """The shard of each of the fitted rows ``rows`` (global), and its row there."""
+        if self._router is None:
+            shard = np.searchsorted(self.shard_offsets_, rows, side="right") - 1
+            return shard, rows - self.shard_offsets_[shard]
+        return self._row_shard[rows], self._row_local[rows]
+
+    def _shared_router(self):
+        """The router on the workers (sent again if the workers holding it were lost)."""
+        if self._router_future is None or self._router_future.status != "finished":
+            self._router_future = self._client.scatter(self._router, broadcast=True,
+                                                       hash=False)
+        return self._router_future
+
+    def _fitted_rows(self, rows):
+        """The fitted rows ``rows`` (global, sorted), fetched from their shards."""
+        shard_of, local = self._locate(rows)
+        present = np.unique(shard_of)
+        futures = [self._on_shard(_fitted_rows, self._live(i)[0], local[shard_of == i])
+                   for i in present]
+        stacked = np.vstack(self._client.gather(futures))
+        if self._router is None:  # contiguous shards: already in order
+            return stacked
+        return stacked[np.argsort(np.concatenate([np.flatnonzero(shard_of == i)
+                                                  for i in present]), kind="stable")]
+
+    def _own_chunks(self, rows=None):
+        """``('own', shard, ids)`` chunks of the fitted rows ``rows`` (global,
+        sorted; all if None), shard by shard; and where each row of the
+        chunks' answers goes among ``rows`` (None: in order)."""
+        chunks, order = [], []
+        for i in range(self.n_shards_):
+            mine = self._global_rows(i)
+            if rows is not None:
+                mine = mine[np.isin(mine, rows, assume_unique=True)]
+            local = self._locate(mine)[1]
+            chunks.extend(("own", i, local[s])
+                          for s in query_batches(len(mine), self._chunk_rows(len(mine))))
+            order.append(mine)
+        if self._router is None:  # contiguous shards: already in order
+            return chunks, None
+        return chunks, np.argsort(np.concatenate(order), kind="stable")
+
+    def _kneighbors_rows(self, rows, k, params):
+        """Neighbours of fitted rows (global, sorted), each not its own."""
+        chunks, order = self._own_chunks(rows)
+        dist, ind = stack_parts(list(self._run_all("knn", chunks, k, params)))
+        return (dist, ind) if order is None else (dist[order], ind[order])
