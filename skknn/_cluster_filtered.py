@@ -24,8 +24,9 @@ from ._keras import (
     train,
     training_params,
 )
-from ._kernels import in_slices, order_by_mass, scan_cell_groups
+from ._kernels import in_slices, scan_cell_groups
 from ._partitions import exact_graph, metis_labels, neighbor_graph, principal_codes, project
+from ._routing import padded, probe_order, stack_padded
 from ._search import (
     _EXTRA_SELECTED,
     _query_batches,
@@ -52,9 +53,6 @@ _DEFAULT_PROBE_MASS = 0.9
 _PROBE_MASSES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999,
                  1.0)
 _N_PROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-# Clusters picked one by one when probing by probability mass; the rare
-# queries that need more get all clusters sorted.
-_MASS_WIDTH = 32
 
 
 class ClusterFilteredKNN(SearchBase):
@@ -553,12 +551,12 @@ class ClusterFilteredKNN(SearchBase):
         if self._router is None:
             return self._centroid_route(B, n_probe)
         W, total, lost = self._router_weights(B)
-        probes = _probe_order(W, self._sizes, n_probe, params.get("probe_mass"), total)
+        probes = probe_order(W, self._sizes, n_probe, params.get("probe_mass"), total)
         if lost.any():
             # Where the network only extrapolates: the nearest centres, every
             # cluster when probing by mass (exact search).
             width = n_probe or self.n_clusters_
-            probes = _padded(probes, width)
+            probes = padded(probes, width)
             probes[lost] = self._centroid_route(B[lost], width)
         return probes
 
@@ -596,7 +594,7 @@ class ClusterFilteredKNN(SearchBase):
                  for batch in query_batches(n_queries, self._query_batch)]
         if not parts:
             return np.empty((0, params.get("n_probe", 0)), dtype=np.intp)
-        return _stack_padded(parts)
+        return stack_padded(parts)
 
     # -------------------------------------------------------------- search
     def search_clusters(self, X, clusters, n_neighbors=None, return_distance=True):
@@ -759,7 +757,7 @@ class ClusterFilteredKNN(SearchBase):
 
     def _routes(self, q, params):
         """:meth:`_route` of the queries, slices of them side by side."""
-        return _stack_padded(in_slices(lambda rows: self._route(q[rows].block, params),
+        return stack_padded(in_slices(lambda rows: self._route(q[rows].block, params),
                                        len(q), self._n_jobs))
 
     def _radius(self, q, radius, params):
@@ -817,18 +815,6 @@ class ClusterFilteredKNN(SearchBase):
         return float(sizes.sum(axis=1).mean())
 
 
-def _padded(probes, width):
-    """``probes`` with -1 columns appended up to ``width`` (as it is if wider)."""
-    missing = width - probes.shape[1]
-    return np.pad(probes, ((0, 0), (0, missing)), constant_values=-1) if missing > 0 else probes
-
-
-def _stack_padded(parts):
-    """Probes of query batches stacked, each padded with -1 to the widest."""
-    width = max(p.shape[1] for p in parts)
-    return np.vstack([_padded(p, width) for p in parts])
-
-
 def _unsure(space, dist, next_ranking, error):
     """Queries for which a row ranked ``next_ranking`` could, within ``error``,
     beat the exact ``k``-th distance (the last column of ``dist``)."""
@@ -836,36 +822,3 @@ def _unsure(space, dist, next_ranking, error):
         kth = space.to_ranking(dist[:, -1])
         # Not "next - error > kth", so that NaN counts as unsure.
         return np.flatnonzero(~(next_ranking - error > kth))
-
-
-def _probe_order(P, sizes, n_probe=None, mass=None, total=None):
-    """Clusters to probe per query, best first, from the router's probabilities.
-
-    Clusters are ranked by probability per fitted point (the neighbours a
-    probe is expected to find per row it scans). With ``n_probe``: the
-    ``n_probe`` best. With ``mass``: the best until their probabilities sum
-    to ``mass`` (every cluster for ``mass >= 1``), -1 after. ``P`` may be
-    the probabilities times ``total`` (its row sums), None: they sum to 1.
-    """
-    n_queries, n_clusters = P.shape
-    # An empty cluster costs nothing to probe. In P's dtype: float32
-    # probabilities divided by integer sizes would give float64 scores (a
-    # pass 6x slower, and a kernel specialisation of its own).
-    score = P / np.maximum(sizes, 1).astype(P.dtype)
-    ids = np.broadcast_to(np.arange(n_clusters), P.shape)
-    if mass is not None and mass >= 1:
-        n_probe = n_clusters
-    if n_probe is not None:
-        return _sorted_topk(-score, ids, n_probe)[1]
-    thresholds = mass * (np.ones(n_queries) if total is None else total)
-    order, counts = order_by_mass(P, score, thresholds, min(_MASS_WIDTH, n_clusters))
-    wide = np.flatnonzero(counts < 0)
-    if len(wide):
-        # The few queries that need more: every cluster ranked, then cut.
-        full = _sorted_topk(-score[wide], ids[wide], n_clusters)[1]
-        cum = np.cumsum(np.take_along_axis(P[wide], full, axis=1), axis=1, dtype=np.float64)
-        counts[wide] = np.minimum((cum < thresholds[wide, None]).sum(axis=1) + 1, n_clusters)
-        order = _padded(order, counts.max())
-        order[wide] = np.where(np.arange(order.shape[1]) < counts[wide, None],
-                               full[:, : order.shape[1]], -1)
-    return order[:, : counts.max(initial=1)]

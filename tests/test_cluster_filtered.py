@@ -13,8 +13,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.neighbors import NearestNeighbors
 
 from skknn import ClusterFilteredKNN
-from skknn import _cluster_filtered as cf_module
 from skknn import _partitions as partitions
+from skknn._routing import probe_order
 from skknn._search import recall_at_k
 
 from ._assertions import assert_same_neighbors, assert_same_radius, exact_problem
@@ -314,7 +314,7 @@ def test_probe_order_kernel_matches_sorting(mass, rng):
     P = rng.dirichlet(np.full(40, 0.1), size=300)
     P[:5] = 1.0 / 40  # uniform: these need more clusters than the kernel's first pass
     sizes = rng.randint(1, 30, size=40)
-    probes = cf_module._probe_order(P, sizes, mass=mass)
+    probes = probe_order(P, sizes, mass=mass)
     for p, probs in zip(probes, P):
         order = np.lexsort((np.arange(40), -probs / sizes))
         need = np.searchsorted(np.cumsum(probs[order]), mass) + 1
@@ -324,7 +324,7 @@ def test_probe_order_kernel_matches_sorting(mass, rng):
     # Weights scaled per query, with their sums: the same clusters (powers
     # of two, so that the uniform rows' exact ties stay exact).
     total = 2.0 ** rng.randint(-5, 6, size=300)
-    assert_array_equal(cf_module._probe_order(P * total[:, None], sizes, mass=mass, total=total),
+    assert_array_equal(probe_order(P * total[:, None], sizes, mass=mass, total=total),
                        probes)
 
 
