@@ -113,23 +113,9 @@ def _at_recalls(rows, target):
 
 def _worker_peaks(client):
     """Each worker process's peak resident memory (MB), lowest first."""
+    from bench_scaling import _peak_rss_mb  # (this directory is on the workers' path too)
 
-    def peak():
-        # Linux's VmHWM belongs to the process image: ru_maxrss would carry
-        # this process's peak (the exact neighbours) into every worker, as
-        # it survives the fork and exec that start one.
-        import resource
-
-        try:
-            with open("/proc/self/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    return sorted(client.run(peak).values())
+    return sorted(client.run(_peak_rss_mb).values())
 
 
 def _worker_rss(client):
