@@ -30,9 +30,8 @@ def _padded(dist, ind, k):
     missing = k - dist.shape[1]
     if missing <= 0:
         return dist, ind
-    n = len(dist)
-    return (np.hstack([dist, np.full((n, missing), np.inf)]),
-            np.hstack([ind, np.full((n, missing), -1, dtype=ind.dtype)]))
+    none_d, none_i = _empty(len(dist), missing)
+    return np.hstack([dist, none_d]), np.hstack([ind, none_i.astype(ind.dtype, copy=False)])
 
 
 def _empty(n, k):
