@@ -26,7 +26,7 @@ from ._keras import (
 )
 from ._kernels import in_slices, scan_cell_groups
 from ._partitions import exact_graph, metis_labels, neighbor_graph, principal_codes, project
-from ._routing import padded, probe_order, stack_padded
+from ._routing import padded, probe_order, soft_labels, softmax_weights, stack_padded
 from ._search import (
     _EXTRA_SELECTED,
     _query_batches,
@@ -461,20 +461,10 @@ class ClusterFilteredKNN(SearchBase):
         self._sq_max = float(fitted.sq.max(initial=0.0)) if fitted.sq is not None else 0.0
         self._block_sq32 = None if fitted.sq is None else fitted.sq.astype(np.float32)
 
-    def _soft_labels(self, graph, rows):
-        """Share of each row's graph neighbours that lies in each cluster."""
-        labels = np.zeros((len(rows), self.n_clusters_), dtype=np.float32)
-        neighbors = graph[rows]
-        valid = neighbors >= 0
-        r, c = np.nonzero(valid)
-        np.add.at(labels, (r, self.labels_[neighbors[r, c]]), 1.0)
-        labels /= np.maximum(valid.sum(axis=1), 1)[:, None]
-        return labels
-
     def _train_router(self, B, axes, codes, graph, train_rows, rng):
         keras = import_keras()
         hidden = check_hidden_sizes(self.hidden_layer_sizes)
-        targets = self._soft_labels(graph, train_rows)
+        targets = soft_labels(graph, train_rows, self.labels_, self.n_clusters_)
         # The router reads the leading components, standardised; the
         # standardisation is folded into the projection.
         n_inputs = min(_ROUTER_INPUTS, codes.shape[1])
@@ -526,15 +516,8 @@ class ClusterFilteredKNN(SearchBase):
         overflowing: uniform weights)."""
         with np.errstate(over="ignore", invalid="ignore"):
             inputs = self._router_input(B)
-            W = self._router(inputs)
-            W -= W.max(axis=1, keepdims=True)
-            np.exp(W, out=W)
-            # Every weight is in [0, 1] with a 1 in the row, or the row has
-            # a NaN and so has its sum.
-            total = W.sum(axis=1, dtype=np.float64)
-        lost = beyond_range(inputs, self._router_sqmax) | ~np.isfinite(total)
-        W[lost], total[lost] = 1.0, self.n_clusters_
-        return W, total, lost
+            logits = self._router(inputs)
+        return softmax_weights(logits, beyond_range(inputs, self._router_sqmax))
 
     def _router_proba(self, B):
         """The router's probability of each cluster, and the queries it cannot

@@ -1,4 +1,5 @@
-"""Which clusters a query probes, from a router's probabilities (ClusterFilteredKNN)."""
+"""The learned router of ClusterFilteredKNN: what it learns, its weights, and
+which clusters a query probes from them."""
 
 import numpy as np
 
@@ -8,6 +9,35 @@ from ._search import _sorted_topk
 # Clusters picked one by one when probing by probability mass; the rare
 # queries that need more get all clusters sorted.
 _MASS_WIDTH = 32
+
+
+def soft_labels(graph, rows, labels, n_clusters):
+    """The router's targets: the share of each row's graph neighbours (``-1``:
+    none) that lies in each cluster (``labels`` of the fitted rows)."""
+    targets = np.zeros((len(rows), n_clusters), dtype=np.float32)
+    neighbors = graph[rows]
+    valid = neighbors >= 0
+    r, c = np.nonzero(valid)
+    np.add.at(targets, (r, labels[neighbors[r, c]]), 1.0)
+    targets /= np.maximum(valid.sum(axis=1), 1)[:, None]
+    return targets
+
+
+def softmax_weights(logits, lost):
+    """The probabilities of ``logits`` times a positive factor per row (``exp``
+    of the logits minus their maximum, in place), their row sums, and the rows
+    that cannot be ranked: ``lost`` ones (e.g. beyond the training data's
+    range) and overflowing ones, given uniform weights."""
+    W = logits
+    with np.errstate(over="ignore", invalid="ignore"):
+        W -= W.max(axis=1, keepdims=True)
+        np.exp(W, out=W)
+        # Every weight is in [0, 1] with a 1 in the row, or the row has a
+        # NaN and so has its sum.
+        total = W.sum(axis=1, dtype=np.float64)
+    lost = lost | ~np.isfinite(total)
+    W[lost], total[lost] = 1.0, W.shape[1]
+    return W, total, lost
 
 
 def padded(probes, width):

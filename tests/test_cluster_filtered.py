@@ -14,7 +14,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from skknn import ClusterFilteredKNN
 from skknn import _partitions as partitions
-from skknn._routing import probe_order
+from skknn._routing import probe_order, soft_labels
 from skknn._search import recall_at_k
 
 from ._assertions import assert_same_neighbors, assert_same_radius, exact_problem
@@ -247,7 +247,7 @@ def test_soft_labels_are_neighbour_cluster_shares(blobs):
     rows = np.arange(50)
     # Each row's neighbours, itself excluded.
     ind = NearestNeighbors(n_neighbors=10).fit(X_train).kneighbors(return_distance=False)
-    labels = nn._soft_labels(ind, rows)
+    labels = soft_labels(ind, rows, nn.labels_, nn.n_clusters_)
     assert_allclose(labels.sum(1), 1.0, rtol=1e-6)
     expected = np.zeros_like(labels)
     for r in rows:
