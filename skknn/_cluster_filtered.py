@@ -39,6 +39,7 @@ from ._search import (
     max_sqnorm,
     rerank,
     stack_parts,
+    unsure_queries,
 )
 
 # Fitted points up to which plain KMeans partitions the data (MiniBatchKMeans
@@ -697,12 +698,13 @@ class ClusterFilteredKNN(SearchBase):
                 ranking /= 2.0  # 1 - cos = |q - x|^2 / 2 for unit rows
         error = space.error(q.sq, self._sq_max)
         dist, ind = rerank(space, q, found[:, :k], k, n_jobs, visit)
-        unsure = _unsure(space, dist, ranking[:, k], error)
+        unsure = unsure_queries(space, dist, ranking[:, k], error)
         if len(unsure):
             dist[unsure], ind[unsure] = rerank(space, q[unsure], found[unsure], k, n_jobs)
             # Rows the scan left out rank at least as far as the last found
             # (inf where the scan found fewer than asked: none left out).
-            unsure = unsure[_unsure(space, dist[unsure], ranking[unsure, -1], error[unsure])]
+            unsure = unsure[unsure_queries(space, dist[unsure], ranking[unsure, -1],
+                                           error[unsure])]
         for row in unsure:
             cols = self._probed_rows(probes[row])
             dist[row], ind[row] = rerank(space, q[row : row + 1], cols[None, :], k)
@@ -796,12 +798,3 @@ class ClusterFilteredKNN(SearchBase):
         probes = self.route(X, n_probe)
         sizes = np.where(probes >= 0, self._sizes[np.maximum(probes, 0)], 0)
         return float(sizes.sum(axis=1).mean())
-
-
-def _unsure(space, dist, next_ranking, error):
-    """Queries for which a row ranked ``next_ranking`` could, within ``error``,
-    beat the exact ``k``-th distance (the last column of ``dist``)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        kth = space.to_ranking(dist[:, -1])
-        # Not "next - error > kth", so that NaN counts as unsure.
-        return np.flatnonzero(~(next_ranking - error > kth))

@@ -135,6 +135,15 @@ def rerank(space, q, candidates, k, n_jobs=1, visit=None):
     return _sorted_topk(dist, ind, k)
 
 
+def unsure_queries(space, dist, next_ranking, error):
+    """Queries for which a row ranked ``next_ranking`` could, within ``error``,
+    beat the exact ``k``-th distance (the last column of ``dist``)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        kth = space.to_ranking(dist[:, -1])
+        # Not "next - error > kth", so that NaN counts as unsure.
+        return np.flatnonzero(~(next_ranking - error > kth))
+
+
 # -------------------------------------------------------------- exact top-k
 def exact_kneighbors(space, q, k, n_jobs=1):
     """Exact top-``k`` neighbours of each query among all fitted rows.
