@@ -20,13 +20,13 @@ from ._keras import (
     check_hidden_sizes,
     draw_seed,
     fit_scaling,
-    import_keras,
+    share_crossentropy,
     train,
     training_params,
 )
 from ._kernels import in_slices, scan_cell_groups
 from ._partitions import exact_graph, metis_labels, neighbor_graph, principal_codes, project
-from ._routing import padded, probe_order, soft_labels, softmax_weights, stack_padded
+from ._routing import neighbour_clusters, padded, probe_order, softmax_weights, stack_padded
 from ._search import (
     _EXTRA_SELECTED,
     _query_batches,
@@ -463,9 +463,8 @@ class ClusterFilteredKNN(SearchBase):
         self._block_sq32 = None if fitted.sq is None else fitted.sq.astype(np.float32)
 
     def _train_router(self, B, axes, codes, graph, train_rows, rng):
-        keras = import_keras()
         hidden = check_hidden_sizes(self.hidden_layer_sizes)
-        targets = soft_labels(graph, train_rows, self.labels_, self.n_clusters_)
+        targets = neighbour_clusters(graph, train_rows, self.labels_)
         # The router reads the leading components, standardised; the
         # standardisation is folded into the projection.
         n_inputs = min(_ROUTER_INPUTS, codes.shape[1])
@@ -484,9 +483,8 @@ class ClusterFilteredKNN(SearchBase):
             n_inputs, hidden + [self.n_clusters_], ["relu"] * len(hidden) + ["linear"],
             draw_seed(rng),
         )
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
         self.history_ = train(
-            model, loss, inputs, targets,
+            model, share_crossentropy, inputs, targets,
             params=training_params(self), rng=rng, owner=type(self).__name__,
         )
         self.n_iter_ = len(self.history_["loss"])

@@ -183,6 +183,20 @@ def pairwise_distances(ops, A):
     return ops.sqrt(ops.maximum(d2, 1e-12))
 
 
+def share_crossentropy(ids, logits):
+    """Cross-entropy of ``logits`` against the share of each row's ``ids``
+    (-1: none) falling in each class, with ``keras.ops``.
+
+    Equal to ``CategoricalCrossentropy(from_logits=True)`` against the dense
+    shares (a row without ids has loss 0 there too), without building them.
+    """
+    ops = import_keras().ops
+    ids = ops.cast(ids, "int32")
+    valid = ops.cast(ids >= 0, logits.dtype)
+    log_p = ops.take_along_axis(ops.log_softmax(logits, axis=-1), ops.maximum(ids, 0), axis=-1)
+    return -ops.sum(log_p * valid, axis=-1) / ops.maximum(ops.sum(valid, axis=-1), 1.0)
+
+
 class MLPWeights:
     """The weights of a fitted MLP, evaluated with NumPy.
 

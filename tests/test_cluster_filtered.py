@@ -14,7 +14,8 @@ from sklearn.neighbors import NearestNeighbors
 
 from skknn import ClusterFilteredKNN
 from skknn import _partitions as partitions
-from skknn._routing import probe_order, soft_labels
+from skknn._keras import import_keras, share_crossentropy
+from skknn._routing import neighbour_clusters, probe_order
 from skknn._search import recall_at_k
 
 from ._assertions import assert_same_neighbors, assert_same_radius, exact_problem
@@ -241,19 +242,29 @@ def test_mlp_router_learns_where_neighbours_are(blobs):
     assert nn.n_iter_ >= 1 and len(nn.history_["loss"]) == nn.n_iter_
 
 
-def test_soft_labels_are_neighbour_cluster_shares(blobs):
+def test_router_targets_are_neighbour_cluster_shares(blobs):
     X_train, _ = blobs
     nn = ClusterFilteredKNN(n_clusters=25, router="centroid", random_state=0).fit(X_train)
     rows = np.arange(50)
-    # Each row's neighbours, itself excluded.
+    # Each row's neighbours, itself excluded; some rows have fewer (-1).
     ind = NearestNeighbors(n_neighbors=10).fit(X_train).kneighbors(return_distance=False)
-    labels = soft_labels(ind, rows, nn.labels_, nn.n_clusters_)
-    assert_allclose(labels.sum(1), 1.0, rtol=1e-6)
-    expected = np.zeros_like(labels)
+    ind[3, 4:] = -1
+    ind[7, :] = -1
+    ids = neighbour_clusters(ind, rows, nn.labels_)
+    assert_array_equal(ids, np.where(ind[rows] >= 0, nn.labels_[ind[rows]], -1))
+    shares = np.zeros((len(rows), nn.n_clusters_), dtype=np.float32)
     for r in rows:
-        for j in ind[r]:
-            expected[r, nn.labels_[j]] += 0.1
-    assert_allclose(labels, expected, atol=1e-6)
+        valid = ind[r][ind[r] >= 0]
+        for j in valid:
+            shares[r, nn.labels_[j]] += 1.0 / len(valid)
+    # The loss on the ids is the cross-entropy against those shares (0 for
+    # a row without neighbours).
+    keras = import_keras()
+    logits = np.random.RandomState(0).normal(scale=3.0, size=shares.shape).astype(np.float32)
+    dense = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)(shares, logits)
+    loss = keras.ops.convert_to_numpy(share_crossentropy(ids, keras.ops.convert_to_tensor(logits)))
+    assert_allclose(loss, keras.ops.convert_to_numpy(dense), rtol=1e-5, atol=1e-6)
+    assert loss[7] == 0.0
 
 
 @pytest.fixture(scope="module")
