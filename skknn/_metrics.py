@@ -276,9 +276,13 @@ class Space:
         self.ids = np.asarray(order) if self.ids is None else self.ids[order]
         self._positions = np.argsort(self.ids)
 
+    def positions(self, ids):
+        """Where fitted rows ``ids`` (row numbers, or a slice, of the fitted data) are stored."""
+        return ids if self.ids is None else self._positions[ids]
+
     def fitted_rows(self, ids):
         """:class:`Rows` of fitted rows, by row number (or slice) of the fitted data."""
-        return self.fitted[ids if self.ids is None else self._positions[ids]]
+        return self.fitted[self.positions(ids)]
 
     def to_ids(self, ind):
         """Stored positions (``-1``: none) to row numbers of the fitted data."""
