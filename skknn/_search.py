@@ -252,7 +252,12 @@ def reference_kneighbors(space, q, k):
         return D
 
     _, ind = _merge_over_rows(q.data, len(X), n_select, ranking)
-    dist = metric.paired(q.data[:, None, :], X[ind])
+    # Queries in chunks: the float64 rows of their selected pairs (and
+    # differences) stay within the chunk budget.
+    dist = np.empty(ind.shape)
+    per_query = 3 * 8 * n_select * X.shape[1]
+    for rows in gen_batches(len(ind), max(1, int(_MAX_CHUNK_BYTES // per_query))):
+        dist[rows] = metric.paired(q.data[rows, None, :], X[ind[rows]])
     return _sorted_topk(dist, ind, k)
 
 
@@ -278,7 +283,10 @@ def _merge_over_rows(Q, n_rows, k, block):
     for rows in gen_batches(n_rows, chunk):
         D = block(rows)
         cols = np.broadcast_to(np.arange(rows.start, rows.stop), D.shape)
-        dist, ind = _sorted_topk(np.hstack([dist, D]), np.hstack([ind, cols]), k)
+        # The chunk's own k best first: no stacked copy of the whole block.
+        d, i = _sorted_topk(D, cols, k)
+        del D
+        dist, ind = _sorted_topk(np.hstack([dist, d]), np.hstack([ind, i]), k)
     return dist, ind
 
 

@@ -7,6 +7,7 @@ from scipy.spatial.distance import cdist
 from sklearn import config_context
 from sklearn.neighbors import NearestNeighbors
 
+from skknn import _search as search
 from skknn._metrics import SUPPORTED_METRICS, Metric, Space, resolve_metric
 from skknn._search import (
     candidate_radius,
@@ -16,6 +17,8 @@ from skknn._search import (
     recall_at_k,
     rerank,
 )
+
+from ._assertions import assert_same_neighbors
 
 
 @pytest.mark.parametrize(
@@ -87,6 +90,22 @@ def test_self_distance_is_zero_at_pixel_scale(dtype, rng):
     assert np.all(dist[:, 0] == 0.0)
     expected = np.sqrt(((X[:50, None, :].astype(np.float64) - X[ind]) ** 2).sum(-1))
     assert_allclose(dist, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine", "manhattan"])
+def test_reference_in_small_chunks_equals_sklearn(metric, rng, monkeypatch):
+    # The recall reference on shifted float32 rows, with a chunk budget so
+    # small that its fitted rows and its queries' pairs come in many chunks.
+    X = (rng.randn(300, 6) + 1e4).astype(np.float32)
+    space = make_space(metric, X)
+    q = space.rows(X[:40] + np.float32(0.5))
+    monkeypatch.setattr(search, "_MAX_CHUNK_BYTES", 4096)
+    dist, ind = search.reference_kneighbors(space, q, 5)
+    ref_dist, ref_ind = NearestNeighbors(n_neighbors=5, metric=metric).fit(
+        X.astype(np.float64)).kneighbors(q.data.astype(np.float64))
+    assert_allclose(dist, ref_dist, rtol=1e-9, atol=1e-12)
+    # (Shifted float32 rows tie often: ties may come in another order.)
+    assert_same_neighbors(dist, ind, ref_dist, ref_ind, scale=1e4)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "manhattan", "cosine", "sqeuclidean"])
