@@ -27,6 +27,17 @@ def neighbour_clusters(graph, rows, labels):
     return ids.astype(np.float32)
 
 
+def cluster_shares(ids, n_clusters):
+    """Dense targets from :func:`neighbour_clusters`' ``ids``: the share of
+    each row's ids in each cluster (zeros for a row without any)."""
+    shares = np.zeros((len(ids), n_clusters), dtype=np.float32)
+    valid = ids >= 0
+    r, c = np.nonzero(valid)
+    np.add.at(shares, (r, ids[r, c].astype(np.intp)), 1.0)
+    shares /= np.maximum(valid.sum(axis=1), 1)[:, None]
+    return shares
+
+
 def softmax_weights(logits, lost):
     """The probabilities of ``logits`` times a positive factor per row (``exp``
     of the logits minus their maximum, in place), their row sums, and the rows

@@ -13,9 +13,10 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.neighbors import NearestNeighbors
 
 from skknn import ClusterFilteredKNN
+from skknn import _cluster_filtered as cluster_filtered
 from skknn import _partitions as partitions
 from skknn._keras import import_keras, share_crossentropy
-from skknn._routing import neighbour_clusters, probe_order
+from skknn._routing import cluster_shares, neighbour_clusters, probe_order
 from skknn._search import recall_at_k
 
 from ._assertions import assert_same_neighbors, assert_same_radius, exact_problem
@@ -257,6 +258,7 @@ def test_router_targets_are_neighbour_cluster_shares(blobs):
         valid = ind[r][ind[r] >= 0]
         for j in valid:
             shares[r, nn.labels_[j]] += 1.0 / len(valid)
+    assert_allclose(cluster_shares(ids, nn.n_clusters_), shares, atol=1e-6)
     # The loss on the ids is the cross-entropy against those shares (0 for
     # a row without neighbours).
     keras = import_keras()
@@ -265,6 +267,19 @@ def test_router_targets_are_neighbour_cluster_shares(blobs):
     loss = keras.ops.convert_to_numpy(share_crossentropy(ids, keras.ops.convert_to_tensor(logits)))
     assert_allclose(loss, keras.ops.convert_to_numpy(dense), rtol=1e-5, atol=1e-6)
     assert loss[7] == 0.0
+
+
+def test_router_trains_alike_on_dense_shares_and_on_ids(blobs, monkeypatch):
+    # Small problems train on dense shares (faster to compile), large ones on
+    # the ids: the same loss, so the same router up to rounding.
+    X_train, _ = blobs
+    dense = ClusterFilteredKNN(n_clusters=25, random_state=0, **FAST_ROUTER).fit(X_train)
+    monkeypatch.setattr(cluster_filtered, "_DENSE_TARGETS_UP_TO", 0)
+    ids = ClusterFilteredKNN(n_clusters=25, random_state=0, **FAST_ROUTER).fit(X_train)
+    assert_allclose(ids.history_["loss"], dense.history_["loss"], rtol=1e-5)
+    for (W1, b1, _), (W2, b2, _) in zip(ids._router.layers, dense._router.layers):
+        assert_allclose(W1, W2, rtol=1e-4, atol=1e-5)
+        assert_allclose(b1, b2, rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
