@@ -390,13 +390,13 @@ class ClusterFilteredKNN(SearchBase):
             self._set_clusters(B, labels)
         # From here on the space stores its rows cluster by cluster. The
         # ranking rows in their original order (B) and the codes are copies
-        # of the data the router does not need: let go before it trains
-        # (a 100k x 384 fit then peaks ~0.2 GB lower).
+        # of the data the router does not need: let go before the rows are
+        # stored anew.
+        leading = None if codes is None else codes[train_rows, :_ROUTER_INPUTS]
+        del B, codes
         self._store_by_cluster()
         self.history_, self.n_iter_, self._router = None, 0, None
         if learned and self.n_clusters_ > 1:
-            leading = codes[train_rows, :_ROUTER_INPUTS]
-            del B, codes
             self._train_router(axes, leading, graph, train_rows, rng)
 
     def _given_labels(self, n_samples):
@@ -499,7 +499,11 @@ class ClusterFilteredKNN(SearchBase):
             self._router_axes32 = self._router_axes.astype(np.float32)
             self._router_bias32 = self._router_shift + (
                 self._pca_offset @ self._router_axes).astype(np.float32)
-        inputs = self._router_input(self._space.fitted.block[self._space.positions(train_rows)])
+        # A batch of rows at a time: no copy of all the training rows at once.
+        block, stored = self._space.fitted.block, self._space.positions(train_rows)
+        inputs = np.empty((len(train_rows), n_inputs), dtype=np.float32)
+        for rows in gen_batches(len(train_rows), _QUERY_BATCH):
+            inputs[rows] = self._router_input(block[stored[rows]])
         self._router_sqmax = max_sqnorm(inputs)
         model = build_mlp(
             n_inputs, hidden + [self.n_clusters_], ["relu"] * len(hidden) + ["linear"],

@@ -211,10 +211,26 @@ class Rows:
         return len(self.data)
 
     def __getitem__(self, index):
+        data = self.data[index]
         if self._block is None:
-            return Rows(self.data[index], self._make_block)
-        sq = None if self._sq is None else self._sq[index]
-        return Rows(self.data[index], self._make_block, self._block[index], sq)
+            return Rows(data, self._make_block)
+        return Rows(data, self._make_block, *self._taken(index, data))
+
+    def _taken(self, index, data):
+        """The ranking rows ``index`` and their squared norms; ``data``
+        (``self.data[index]``) where the ranking rows are the data."""
+        block = data if self._block is self.data else self._block[index]
+        return block, None if self._sq is None else self._sq[index]
+
+    def permuted(self, order):
+        """The rows in ``order``, letting go of this object's ranking rows
+        before the data are copied: at most one old and one new copy of
+        either are held at once (the old ones may still be held elsewhere)."""
+        if self._block is None or self._block is self.data:
+            return self[order]
+        block, sq = self._taken(order, None)
+        self._block = self._sq = None
+        return Rows(self.data[order], self._make_block, block, sq)
 
 
 class Space:
@@ -272,7 +288,7 @@ class Space:
         Searches then return stored positions; :meth:`to_ids` maps them back
         to row numbers of the fitted data.
         """
-        self.fitted = self.fitted[order]
+        self.fitted = self.fitted.permuted(order)
         self.ids = np.asarray(order) if self.ids is None else self.ids[order]
         self._positions = np.argsort(self.ids)
 

@@ -92,6 +92,24 @@ def test_self_distance_is_zero_at_pixel_scale(dtype, rng):
     assert_allclose(dist, expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "manhattan"])
+def test_rows_stored_in_a_new_order_keep_their_forms_and_one_copy(metric, rng):
+    X = rng.randn(50, 4) + 1e3
+    space = make_space(metric, X)
+    order = rng.permutation(50)
+    expected = space.fitted.prepare()[order]
+    space.permute(order)
+    stored = space.fitted
+    assert_array_equal(stored.data, X[order])
+    assert_array_equal(stored.block, expected.block)
+    if metric == "manhattan":  # the ranking rows are the data: one copy
+        assert stored.block is stored.data
+    else:
+        assert_array_equal(stored.sq, expected.sq)
+    assert_array_equal(space.fitted_rows(np.arange(5)).data, X[:5])
+    assert_array_equal(space.to_ids(space.positions(np.arange(5))), np.arange(5))
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "cosine", "manhattan"])
 def test_reference_in_small_chunks_equals_sklearn(metric, rng, monkeypatch):
     # The recall reference on shifted float32 rows, with a chunk budget so
