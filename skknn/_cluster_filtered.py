@@ -392,7 +392,7 @@ class ClusterFilteredKNN(SearchBase):
         # ranking rows in their original order (B) and the codes are copies
         # of the data the router does not need: let go before the rows are
         # stored anew.
-        leading = None if codes is None else codes[train_rows, :_ROUTER_INPUTS]
+        leading = codes[train_rows, :_ROUTER_INPUTS] if learned else None
         del B, codes
         self._store_by_cluster()
         self.history_, self.n_iter_, self._router = None, 0, None
