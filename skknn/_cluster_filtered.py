@@ -20,21 +20,12 @@ from ._keras import (
     check_hidden_sizes,
     draw_seed,
     fit_scaling,
-    import_keras,
-    share_crossentropy,
     train,
     training_params,
 )
 from ._kernels import in_slices, scan_cell_groups
 from ._partitions import exact_graph, metis_labels, neighbor_graph, principal_codes, project
-from ._routing import (
-    cluster_shares,
-    neighbour_clusters,
-    padded,
-    probe_order,
-    softmax_weights,
-    stack_padded,
-)
+from ._routing import padded, probe_order, router_targets, softmax_weights, stack_padded
 from ._search import (
     _EXTRA_SELECTED,
     _query_batches,
@@ -57,9 +48,6 @@ _FULL_KMEANS_UP_TO = 20_000
 # Fashion-MNIST (245 METIS parts): candidates at recall@10 0.90 with 64
 # components 636, with all 784 inputs 647; routing 10k queries 18 ms vs 34 ms.
 _ROUTER_INPUTS = 64
-# Up to this many (training row, cluster) pairs the router's targets are
-# dense shares; beyond, each row's neighbours' clusters (m ids a row).
-_DENSE_TARGETS_UP_TO = 2**22
 # The 'mlp' router's default effort, and the efforts target_recall tries.
 _DEFAULT_PROBE_MASS = 0.9
 _PROBE_MASSES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999,
@@ -388,10 +376,8 @@ class ClusterFilteredKNN(SearchBase):
             labels = given if given is not None else metis_labels(
                 graph, train_rows, n_samples, n_clusters, partition_seed)
             self._set_clusters(B, labels)
-        # From here on the space stores its rows cluster by cluster. The
-        # ranking rows in their original order (B) and the codes are copies
-        # of the data the router does not need: let go before the rows are
-        # stored anew.
+        # From here on the space stores its rows cluster by cluster: B (the
+        # original order) and the codes are let go first (copies of the data).
         leading = codes[train_rows, :_ROUTER_INPUTS] if learned else None
         del B, codes
         self._store_by_cluster()
@@ -481,12 +467,7 @@ class ClusterFilteredKNN(SearchBase):
         """Train the 'mlp' router on the training rows, given their ``leading``
         principal codes (the first ``_ROUTER_INPUTS``) and the ``axes``."""
         hidden = check_hidden_sizes(self.hidden_layer_sizes)
-        targets, loss = neighbour_clusters(graph, train_rows, self.labels_), share_crossentropy
-        if targets.shape[0] * self.n_clusters_ <= _DENSE_TARGETS_UP_TO:
-            # Few rows and clusters: dense shares, whose loss compiles faster
-            # (a fit of 600 rows took 0.83 s, against 1.02 s with the ids).
-            targets = cluster_shares(targets, self.n_clusters_)
-            loss = import_keras().losses.CategoricalCrossentropy(from_logits=True)
+        targets, loss = router_targets(graph, train_rows, self.labels_, self.n_clusters_)
         # The router reads the leading components, standardised; the
         # standardisation is folded into the projection.
         n_inputs = leading.shape[1]

@@ -13,8 +13,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.neighbors import NearestNeighbors
 
 from skknn import ClusterFilteredKNN
-from skknn import _cluster_filtered as cluster_filtered
 from skknn import _partitions as partitions
+from skknn import _routing as routing
 from skknn._keras import import_keras, share_crossentropy
 from skknn._routing import cluster_shares, neighbour_clusters, probe_order
 from skknn._search import recall_at_k
@@ -274,7 +274,7 @@ def test_router_trains_alike_on_dense_shares_and_on_ids(blobs, monkeypatch):
     # the ids: the same loss, so the same router up to rounding.
     X_train, _ = blobs
     dense = ClusterFilteredKNN(n_clusters=25, random_state=0, **FAST_ROUTER).fit(X_train)
-    monkeypatch.setattr(cluster_filtered, "_DENSE_TARGETS_UP_TO", 0)
+    monkeypatch.setattr(routing, "_DENSE_TARGETS_UP_TO", 0)
     ids = ClusterFilteredKNN(n_clusters=25, random_state=0, **FAST_ROUTER).fit(X_train)
     assert_allclose(ids.history_["loss"], dense.history_["loss"], rtol=1e-5)
     for (W1, b1, _), (W2, b2, _) in zip(ids._router.layers, dense._router.layers):
