@@ -269,6 +269,15 @@ def test_router_targets_are_neighbour_cluster_shares(blobs):
     assert loss[7] == 0.0
 
 
+def test_router_stops_once_its_loss_improves_by_less_than_tol(blobs):
+    X_train, _ = blobs
+    params = dict(n_clusters=25, random_state=0, n_iter_no_change=1, **FAST_ROUTER)
+    patient = ClusterFilteredKNN(tol=0.0, **params).fit(X_train)
+    # The second epoch cannot improve by 100: it stops there, keeping the best.
+    hasty = ClusterFilteredKNN(tol=100.0, **params).fit(X_train)
+    assert hasty.n_iter_ == 2 < patient.n_iter_
+
+
 def test_router_trains_alike_on_dense_shares_and_on_ids(blobs, monkeypatch):
     # Small problems train on dense shares (faster to compile), large ones on
     # the ids: the same loss, so the same router up to rounding.
