@@ -255,8 +255,7 @@ def reference_kneighbors(space, q, k):
     # Queries in chunks: the float64 rows of their selected pairs (and
     # differences) stay within the chunk budget.
     dist = np.empty(ind.shape)
-    per_query = 3 * 8 * n_select * X.shape[1]
-    for rows in gen_batches(len(ind), max(1, int(_MAX_CHUNK_BYTES // per_query))):
+    for rows in _query_batches(len(ind), 3 * 8 * n_select * X.shape[1]):
         dist[rows] = metric.paired(q.data[rows, None, :], X[ind[rows]])
     return _sorted_topk(dist, ind, k)
 
