@@ -1,6 +1,5 @@
 """ClusterFilteredKNN: a learned router over clusters, exact search inside them."""
 
-import importlib.util
 import math
 from numbers import Integral, Real
 
@@ -24,7 +23,15 @@ from ._keras import (
     training_params,
 )
 from ._kernels import in_slices, scan_cell_groups
-from ._partitions import exact_graph, metis_labels, neighbor_graph, principal_codes, project
+from ._partitions import (
+    chosen_partition,
+    exact_graph,
+    given_labels,
+    metis_labels,
+    neighbor_graph,
+    principal_codes,
+    project,
+)
 from ._routing import padded, probe_order, router_targets, softmax_weights, stack_padded
 from ._search import (
     _EXTRA_SELECTED,
@@ -337,7 +344,7 @@ class ClusterFilteredKNN(SearchBase):
     # ----------------------------------------------------------- the index
     def _fit_index(self, X, y, train_rows, rng):
         n_samples = X.shape[0]
-        given = self._given_labels(n_samples)
+        given = given_labels(self.partition, n_samples, self.n_clusters)
         if given is not None:
             n_clusters = int(given.max()) + 1
         else:
@@ -357,7 +364,7 @@ class ClusterFilteredKNN(SearchBase):
                 "probe_mass sets the effort of the 'mlp' router from its probabilities; "
                 f"with router={self.router!r} and n_probe={self.n_probe!r} use n_probe alone."
             )
-        self.partition_ = self._chosen_partition(given)
+        self.partition_ = chosen_partition(self.partition, given, self.router)
         self.n_clusters_ = n_clusters
         # Drawn first, so that the routers share one partition for one
         # random_state.
@@ -393,36 +400,6 @@ class ClusterFilteredKNN(SearchBase):
         self.history_, self.n_iter_, self._router = None, 0, None
         if learned and self.n_clusters_ > 1:
             self._train_router(axes, leading, graph, train_rows, rng)
-
-    def _given_labels(self, n_samples):
-        """The cluster ids passed as ``partition``, checked; None for a method name."""
-        if isinstance(self.partition, str):
-            return None
-        labels = np.asarray(self.partition)
-        if labels.shape != (n_samples,) or labels.dtype.kind not in "iu":
-            raise ValueError(
-                f"partition given as labels must be integers of shape (n_samples,) = "
-                f"({n_samples},), got dtype {labels.dtype} and shape {labels.shape}."
-            )
-        if labels.min() < 0 or len(np.unique(labels)) != labels.max() + 1:
-            raise ValueError(
-                "partition labels must number the clusters 0 .. n_clusters - 1 with every "
-                "cluster used (np.unique(labels, return_inverse=True)[1] renumbers them)."
-            )
-        if self.n_clusters is not None and self.n_clusters != labels.max() + 1:
-            raise ValueError(
-                f"n_clusters={self.n_clusters} but the given partition has "
-                f"{labels.max() + 1} clusters; leave n_clusters=None."
-            )
-        return labels.astype(np.intp)
-
-    def _chosen_partition(self, given):
-        if given is not None:
-            return "given"
-        if self.partition == "auto":
-            available = importlib.util.find_spec("pymetis") is not None
-            return "graph" if self.router == "mlp" and available else "kmeans"
-        return self.partition
 
     def _kmeans(self, B, train_rows, seed):
         full = len(train_rows) <= _FULL_KMEANS_UP_TO
@@ -757,7 +734,7 @@ class ClusterFilteredKNN(SearchBase):
     def _routes(self, q, params):
         """:meth:`_route` of the queries, slices of them side by side."""
         return stack_padded(in_slices(lambda rows: self._route(q[rows].block, params),
-                                       len(q), self._n_jobs))
+                                      len(q), self._n_jobs))
 
     def _radius(self, q, radius, params):
         def one(rows):

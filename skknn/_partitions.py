@@ -6,6 +6,8 @@ Both are built here from the ranking rows of a
 :class:`~skknn._metrics.Space`; the estimator keeps what they return.
 """
 
+import importlib.util
+
 import numpy as np
 from scipy.sparse import csr_matrix
 from sklearn.decomposition import PCA
@@ -158,3 +160,36 @@ def metis_labels(graph, train_rows, n_samples, n_parts, seed):
         np.add.at(votes, (rows, their[rows, cols]), 1.0)
         labels[held_out] = votes.argmax(axis=1)
     return np.unique(labels, return_inverse=True)[1].astype(np.intp)
+
+
+def given_labels(partition, n_samples, n_clusters):
+    """The cluster ids passed as ``partition``, checked; None for a method name."""
+    if isinstance(partition, str):
+        return None
+    labels = np.asarray(partition)
+    if labels.shape != (n_samples,) or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"partition given as labels must be integers of shape (n_samples,) = "
+            f"({n_samples},), got dtype {labels.dtype} and shape {labels.shape}."
+        )
+    if labels.min() < 0 or len(np.unique(labels)) != labels.max() + 1:
+        raise ValueError(
+            "partition labels must number the clusters 0 .. n_clusters - 1 with every "
+            "cluster used (np.unique(labels, return_inverse=True)[1] renumbers them)."
+        )
+    if n_clusters is not None and n_clusters != labels.max() + 1:
+        raise ValueError(
+            f"n_clusters={n_clusters} but the given partition has "
+            f"{labels.max() + 1} clusters; leave n_clusters=None."
+        )
+    return labels.astype(np.intp)
+
+
+def chosen_partition(partition, given, router):
+    """The partition method used: 'given' for labels, 'auto' resolved."""
+    if given is not None:
+        return "given"
+    if partition == "auto":
+        available = importlib.util.find_spec("pymetis") is not None
+        return "graph" if router == "mlp" and available else "kmeans"
+    return partition
