@@ -140,6 +140,33 @@ def array_bytes(obj, depth=6, _seen=None):
     return 0 if attributes is None else array_bytes(attributes, depth - 1, seen)
 
 
+def check_graph_mode(mode):
+    if mode not in ("connectivity", "distance"):
+        raise ValueError(
+            'Unsupported mode, must be one of "connectivity", '
+            f'or "distance" but got "{mode}" instead'
+        )
+
+
+def knn_graph(dist, ind, mode, n_samples_fit):
+    """The CSR graph of a k-neighbours answer (``dist``, ``ind``)."""
+    data = np.ones(ind.size) if mode == "connectivity" else dist.ravel()
+    indptr = np.arange(0, ind.size + 1, ind.shape[1])
+    return csr_matrix((data, ind.ravel(), indptr), shape=(len(ind), n_samples_fit))
+
+
+def radius_graph(dist, ind, mode, n_samples_fit):
+    """The CSR graph of a radius answer (object arrays ``dist``, ``ind``)."""
+    counts = np.array([len(i) for i in ind], dtype=np.intp)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    cols = np.concatenate(list(ind)) if len(ind) else np.empty(0, dtype=np.intp)
+    if mode == "connectivity":
+        data = np.ones(len(cols))
+    else:
+        data = np.concatenate(list(dist)) if len(dist) else np.empty(0)
+    return csr_matrix((data, cols, indptr), shape=(len(ind), n_samples_fit))
+
+
 class NeighborsGraphMixin(TransformerMixin):
     """Graphs and the ``KNeighborsTransformer`` interface from ``kneighbors``
     and ``radius_neighbors``; the class supplies those, ``n_neighbors``,
@@ -185,16 +212,10 @@ class NeighborsGraphMixin(TransformerMixin):
             to fitted point ``j``.
         """
         check_is_fitted(self)
-        if mode not in ("connectivity", "distance"):
-            raise ValueError(
-                'Unsupported mode, must be one of "connectivity", '
-                f'or "distance" but got "{mode}" instead'
-            )
+        check_graph_mode(mode)
         n_neighbors = self._check_n_neighbors(n_neighbors)
         dist, ind = self.kneighbors(X, n_neighbors, return_distance=True)
-        data = np.ones(ind.size) if mode == "connectivity" else dist.ravel()
-        indptr = np.arange(0, ind.size + 1, n_neighbors)
-        return csr_matrix((data, ind.ravel(), indptr), shape=(len(ind), self.n_samples_fit_))
+        return knn_graph(dist, ind, mode, self.n_samples_fit_)
 
     def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
         """Sparse graph of the neighbours within ``radius`` of each query point.
@@ -217,22 +238,11 @@ class NeighborsGraphMixin(TransformerMixin):
             CSR matrix of the edges.
         """
         check_is_fitted(self)
-        if mode not in ("connectivity", "distance"):
-            raise ValueError(
-                'Unsupported mode, must be one of "connectivity", '
-                f'or "distance" but got "{mode}" instead'
-            )
+        check_graph_mode(mode)
         dist, ind = self.radius_neighbors(
             X, radius, return_distance=True, sort_results=sort_results and mode == "distance"
         )
-        counts = np.array([len(i) for i in ind], dtype=np.intp)
-        indptr = np.concatenate([[0], np.cumsum(counts)])
-        cols = np.concatenate(list(ind)) if len(ind) else np.empty(0, dtype=np.intp)
-        if mode == "connectivity":
-            data = np.ones(len(cols))
-        else:
-            data = np.concatenate(list(dist)) if len(dist) else np.empty(0)
-        return csr_matrix((data, cols, indptr), shape=(len(ind), self.n_samples_fit_))
+        return radius_graph(dist, ind, mode, self.n_samples_fit_)
 
     def transform(self, X):
         """The k-neighbours graph of ``X``, as ``KNeighborsTransformer`` does.

@@ -8,6 +8,7 @@ Dask: the functions run wherever Dask sends them.
 
 import numpy as np
 
+from ._base import _to_object_array
 from ._search import drop_self, reference_kneighbors
 
 
@@ -156,3 +157,19 @@ def _merge_radius(parts, maps):
         dists.append(np.concatenate([d for d, _ in rows]))
         inds.append(np.concatenate([_to_global(i, m) for (_, i), m in zip(rows, maps)]))
     return dists, inds
+
+
+def _finish_radius(dists, inds, sort_results, dtype):
+    """Each query's neighbours in order, by (distance, row) if ``sort_results``,
+    else by row, with distances in ``dtype``: object arrays."""
+    dists, inds = list(dists), list(inds)
+    for row, (d_row, i_row) in enumerate(zip(dists, inds)):
+        order = (np.lexsort((i_row, d_row)) if sort_results
+                 else np.argsort(i_row, kind="stable"))
+        dists[row], inds[row] = d_row[order].astype(dtype), i_row[order]
+    return _to_object_array(dists), _to_object_array(inds)
+
+
+def _radius_chunk(parts, maps, sort_results, dtype):
+    """The shards' radius answers for one chunk of queries, merged and finished."""
+    return _finish_radius(*_merge_radius(parts, maps), sort_results, dtype)

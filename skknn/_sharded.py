@@ -15,7 +15,7 @@ import itertools
 import numbers
 
 import numpy as np
-from scipy.sparse import issparse
+from scipy.sparse import csr_matrix, issparse
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state, gen_even_slices
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
@@ -26,19 +26,24 @@ from ._base import (
     _N_RECALL,
     NeighborsGraphMixin,
     SearchBase,
-    _to_object_array,
+    check_graph_mode,
     first_reaching,
     fit_atomically,
+    knn_graph,
     query_batches,
+    radius_graph,
 )
 from ._dask_setup import _distributed
 from ._fan_out import ShardFanOut, ShardLostError
 from ._placement import fit_router, probe_grid
 from ._search import drop_self, recall_at_k, stack_parts
 from ._shard_tasks import (
+    _finish_radius,
     _fit_shard,
     _knn_new,
     _merge_knn,
+    _radius_chunk,
+    _radius_new,
     _summary,
     _to_global,
 )
@@ -153,7 +158,9 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
     Queries as a NumPy array are sent in chunks from this process (answers
     are NumPy arrays). Queries as a dask array give dask arrays, lazily, one
     task per chunk and shard, so that any number of query rows streams in
-    bounded memory. A fitted ShardedNeighbors holds its shards on the
+    bounded memory: ``radius_neighbors`` gives dask arrays of object arrays,
+    and the graphs and ``transform`` dask arrays of CSR blocks (one per chunk
+    of queries). A fitted ShardedNeighbors holds its shards on the
     cluster: it cannot be pickled; :meth:`gather_shards` brings the fitted
     shard estimators to this process.
 
@@ -538,10 +545,11 @@ default=None
         dist = dist.astype(self._dtype)
         return (dist, ind) if return_distance else ind
 
-    def _lazy_kneighbors(self, X, k, params):
-        """Dask arrays of the answers, one task per chunk of ``X`` and shard."""
+    def _lazy_chunks(self, X, task, arg, params):
+        """Per chunk of the dask array ``X``: its rows, and the delayed answers
+        of ``task(shard, chunk, arg, params, route)`` on every shard; then the
+        maps of the shards' rows (for the merge)."""
         import dask
-        import dask.array as da
 
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(
@@ -554,26 +562,61 @@ default=None
         maps = self.shard_offsets_[:-1] if self._router is None else self._shared_router()
         routes = [None] * self.n_shards_ if self._router is None else [
             (maps, i, self.coarse_probe_) for i in range(self.n_shards_)]
-        dists, inds = [], []
+        chunks = []
         for turn, (chunk, rows) in enumerate(zip(X.to_delayed().ravel(), X.chunks[0])):
             # One task per shard, where Dask sees the shard is (shards report
             # their size: see SearchBase.__sizeof__), then one to merge;
             # chunks take turns over the replicas.
-            parts = [dask.delayed(_knn_new, pure=False)(copies[turn % len(copies)], chunk, k, p,
-                                                        route)
-                     for copies, p, route in zip(live, params, routes)]
+            chunks.append((rows, [
+                dask.delayed(task, pure=False)(copies[turn % len(copies)], chunk, arg, p, route)
+                for copies, p, route in zip(live, params, routes)]))
+        return chunks, maps
+
+    def _lazy_kneighbors(self, X, k, params):
+        """Dask arrays of the answers, one task per chunk of ``X`` and shard."""
+        import dask
+        import dask.array as da
+
+        dists, inds = [], []
+        chunks, maps = self._lazy_chunks(X, _knn_new, k, params)
+        for rows, parts in chunks:
             answer = dask.delayed(_merge_knn, pure=False, nout=2)(parts, maps, k)
             dists.append(da.from_delayed(answer[0], (rows, k), dtype=np.float64))
             inds.append(da.from_delayed(answer[1], (rows, k), dtype=np.intp))
         return da.concatenate(dists), da.concatenate(inds)
 
+    def _lazy_radius(self, X, radius, params, sort_results):
+        """Dask arrays (of object arrays) of the answers within ``radius``."""
+        import dask
+        import dask.array as da
+
+        dists, inds = [], []
+        chunks, maps = self._lazy_chunks(X, _radius_new, radius, params)
+        for rows, parts in chunks:
+            answer = dask.delayed(_radius_chunk, pure=False, nout=2)(parts, maps, sort_results,
+                                                                   self._dtype)
+            dists.append(da.from_delayed(answer[0], (rows,), dtype=object))
+            inds.append(da.from_delayed(answer[1], (rows,), dtype=object))
+        return da.concatenate(dists), da.concatenate(inds)
+
+    def _lazy_graph(self, build, dist, ind, mode):
+        """The CSR graph of a lazy answer, block by block (a dask array of
+        sparse blocks)."""
+        import dask.array as da
+
+        return da.map_blocks(
+            build, dist, ind, mode=mode, n_samples_fit=self.n_samples_fit_, dtype=np.float64,
+            chunks=(dist.chunks[0], (self.n_samples_fit_,)),
+            new_axis=1 if dist.ndim == 1 else None, meta=csr_matrix((0, 0)),
+        )
+
     def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
-        if _is_dask_array(X):
-            raise TypeError(
-                "kneighbors_graph takes NumPy or sparse queries; for a dask array of queries "
-                "use kneighbors, which gives dask arrays."
-            )
-        return super().kneighbors_graph(X, n_neighbors, mode)
+        if not _is_dask_array(X):
+            return super().kneighbors_graph(X, n_neighbors, mode)
+        check_is_fitted(self)
+        check_graph_mode(mode)
+        dist, ind = self.kneighbors(X, self._check_n_neighbors(n_neighbors))
+        return self._lazy_graph(knn_graph, dist, ind, mode)
 
     kneighbors_graph.__doc__ = NeighborsGraphMixin.kneighbors_graph.__doc__
 
@@ -584,9 +627,11 @@ default=None
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_queries, n_features), default=None
+        X : {array-like, sparse matrix, dask array} of shape (n_queries, n_features), \
+default=None
             The query points; the fitted points (each not its own neighbour)
-            if None.
+            if None. A dask array gives dask arrays (computed lazily, chunk
+            by chunk).
         radius : float, default=None
             Limiting distance (inclusive); the estimator's ``radius`` if None.
         return_distance : bool, default=True
@@ -604,12 +649,10 @@ default=None
         """
         radius = self._check_radius(radius, return_distance, sort_results)
         X = self._check_queries(X, None)
-        if _is_dask_array(X):
-            raise TypeError(
-                "radius_neighbors takes NumPy or sparse queries: the answer's size is not "
-                "known in advance. Compute the dask array in chunks and query each."
-            )
         params = self._check_search_params()
+        if _is_dask_array(X):
+            dists, inds = self._lazy_radius(X, radius, params, sort_results)
+            return (dists, inds) if return_distance else inds
         back = None
         if X is None:
             queries, back = self._own_chunks()
@@ -622,12 +665,19 @@ default=None
             inds.extend(i)
         if back is not None:  # shard by shard, back to the rows' order
             dists, inds = [dists[j] for j in back], [inds[j] for j in back]
-        for row, (d_row, i_row) in enumerate(zip(dists, inds)):
-            order = (np.lexsort((i_row, d_row)) if sort_results
-                     else np.argsort(i_row, kind="stable"))
-            dists[row], inds[row] = d_row[order].astype(self._dtype), i_row[order]
-        inds = _to_object_array(inds)
-        return (_to_object_array(dists), inds) if return_distance else inds
+        dists, inds = _finish_radius(dists, inds, sort_results, self._dtype)
+        return (dists, inds) if return_distance else inds
+
+    def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
+        if not _is_dask_array(X):
+            return super().radius_neighbors_graph(X, radius, mode, sort_results)
+        check_is_fitted(self)
+        check_graph_mode(mode)
+        dist, ind = self.radius_neighbors(X, radius, return_distance=True,
+                                          sort_results=sort_results and mode == "distance")
+        return self._lazy_graph(radius_graph, dist, ind, mode)
+
+    radius_neighbors_graph.__doc__ = NeighborsGraphMixin.radius_neighbors_graph.__doc__
 
 
 def _check_dask_array(X):

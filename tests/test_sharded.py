@@ -245,10 +245,51 @@ def test_dask_array_fit_and_lazy_dask_queries(client, rng):
     assert_same_neighbors(dist.compute(), ind.compute(), ref_dist, ref_ind)
     np_dist, np_ind = ours.kneighbors(Q)
     assert_array_equal(np_ind, ind.compute())
-    with pytest.raises(TypeError, match="kneighbors, which gives dask arrays"):
-        ours.kneighbors_graph(Qd)
     with pytest.raises(ValueError, match="expecting 8 features"):
         ours.kneighbors(da.zeros((5, 3), chunks=5))
+
+
+@pytest.mark.parametrize("placement", ["rows", "clusters"])
+def test_lazy_graphs_and_radius_queries_from_a_dask_array(client, rng, placement):
+    # Graphs (dask arrays of CSR blocks) and radius answers (dask arrays of
+    # object arrays), chunk by chunk, equal the NumPy answers; all shards
+    # visited, they equal scikit-learn's.
+    X, Q = rng.randn(400, 6), rng.randn(150, 6)
+    Qd = da.from_array(Q, chunks=(64, 3))
+    ours = ShardedNeighbors(exact_learned(n_neighbors=4, radius=2.0), n_shards=3,
+                            placement=placement, client=client).fit(X)
+    if placement == "clusters":
+        ours.coarse_probe_ = ours.n_coarse_centres_
+    ref = NearestNeighbors(n_neighbors=4, radius=2.0).fit(X)
+    for mode in ("connectivity", "distance"):
+        lazy = ours.kneighbors_graph(Qd, mode=mode)
+        assert isinstance(lazy, da.Array) and lazy.chunks[0] == Qd.chunks[0]
+        assert_allclose(lazy.compute().toarray(), ref.kneighbors_graph(Q, mode=mode).toarray())
+        lazy = ours.radius_neighbors_graph(Qd, mode=mode)
+        assert isinstance(lazy, da.Array) and lazy.shape == (150, 400)
+        assert_allclose(lazy.compute().toarray(),
+                        ref.radius_neighbors_graph(Q, mode=mode).toarray())
+    transformed = ours.set_params(estimator__mode="distance").transform(Qd)
+    assert_allclose(transformed.compute().toarray(),
+                    ours.transform(Q).toarray())
+    dist, ind = ours.radius_neighbors(Qd, sort_results=True)
+    assert isinstance(dist, da.Array) and dist.dtype == object and dist.chunks == Qd.chunks[:1]
+    np_dist, np_ind = ours.radius_neighbors(Q, sort_results=True)
+    ref_dist, ref_ind = ref.radius_neighbors(Q, sort_results=True)
+    assert any(len(row) > 1 for row in ref_ind) and any(len(row) == 0 for row in ref_ind)
+    for got_d, got_i, want_d, want_i, exp_d, exp_i in zip(dist.compute(), ind.compute(),
+                                                            np_dist, np_ind, ref_dist, ref_ind):
+        assert_array_equal(got_i, want_i)
+        assert_array_equal(got_d, want_d)
+        assert_array_equal(got_i, exp_i)
+        assert_allclose(got_d, exp_d)
+    unsorted = ours.radius_neighbors(Qd, return_distance=False)
+    assert all(np.array_equal(got, np.sort(want))
+               for got, want in zip(unsorted.compute(), ref_ind))
+    with pytest.raises(ValueError, match="expecting 6 features"):
+        ours.radius_neighbors(da.zeros((5, 3), chunks=5))
+    with pytest.raises(ValueError, match="Unsupported mode"):
+        ours.kneighbors_graph(Qd, mode="weights")
 
 
 def test_replicas_share_the_queries(client, rng):
