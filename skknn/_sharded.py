@@ -605,7 +605,8 @@ default=None
         import dask.array as da
 
         return da.map_blocks(
-            build, dist, ind, mode=mode, n_samples_fit=self.n_samples_fit_, dtype=np.float64,
+            build, dist, ind, mode=mode, n_samples_fit=self.n_samples_fit_,
+            dtype=self._dtype if mode == "distance" else np.float64,
             chunks=(dist.chunks[0], (self.n_samples_fit_,)),
             new_axis=1 if dist.ndim == 1 else None, meta=csr_matrix((0, 0)),
         )

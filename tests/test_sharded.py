@@ -230,6 +230,11 @@ def test_float32_dtype_graphs_and_transform(client, rng):
     assert ours.fit_transform(X).shape == (200, 200)
     assert_array_equal(ours.radius_neighbors_graph(X[:5], radius=0.3).toarray(),
                        ref.radius_neighbors_graph(X[:5], radius=0.3).toarray())
+    # Lazy graphs declare the dtype their blocks have (float32 distances).
+    Xd = da.from_array(X[:20], chunks=10)
+    for lazy in (ours.kneighbors_graph(Xd, mode="distance"),
+                 ours.radius_neighbors_graph(Xd, radius=0.3, mode="distance")):
+        assert lazy.dtype == np.float32 == lazy.compute().dtype
 
 
 def test_dask_array_fit_and_lazy_dask_queries(client, rng):
@@ -264,6 +269,7 @@ def test_lazy_graphs_and_radius_queries_from_a_dask_array(client, rng, placement
     for mode in ("connectivity", "distance"):
         lazy = ours.kneighbors_graph(Qd, mode=mode)
         assert isinstance(lazy, da.Array) and lazy.chunks[0] == Qd.chunks[0]
+        assert lazy.dtype == ours.kneighbors_graph(Q[:3], mode=mode).dtype
         assert_allclose(lazy.compute().toarray(), ref.kneighbors_graph(Q, mode=mode).toarray())
         lazy = ours.radius_neighbors_graph(Qd, mode=mode)
         assert isinstance(lazy, da.Array) and lazy.shape == (150, 400)
