@@ -215,7 +215,7 @@ class NeighborsGraphMixin(TransformerMixin):
         check_graph_mode(mode)
         n_neighbors = self._check_n_neighbors(n_neighbors)
         dist, ind = self.kneighbors(X, n_neighbors, return_distance=True)
-        return knn_graph(dist, ind, mode, self.n_samples_fit_)
+        return self._graph_of(knn_graph, dist, ind, mode)
 
     def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
         """Sparse graph of the neighbours within ``radius`` of each query point.
@@ -242,7 +242,12 @@ class NeighborsGraphMixin(TransformerMixin):
         dist, ind = self.radius_neighbors(
             X, radius, return_distance=True, sort_results=sort_results and mode == "distance"
         )
-        return radius_graph(dist, ind, mode, self.n_samples_fit_)
+        return self._graph_of(radius_graph, dist, ind, mode)
+
+    def _graph_of(self, build, dist, ind, mode):
+        """The graph ``build`` makes of an answer (a class whose answers may be
+        lazy builds it lazily)."""
+        return build(dist, ind, mode, self.n_samples_fit_)
 
     def transform(self, X):
         """The k-neighbours graph of ``X``, as ``KNeighborsTransformer`` does.

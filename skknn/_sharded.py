@@ -26,12 +26,9 @@ from ._base import (
     _N_RECALL,
     NeighborsGraphMixin,
     SearchBase,
-    check_graph_mode,
     first_reaching,
     fit_atomically,
-    knn_graph,
     query_batches,
-    radius_graph,
 )
 from ._dask_setup import _distributed
 from ._fan_out import ShardFanOut, ShardLostError
@@ -534,7 +531,8 @@ default=None
         X = self._check_queries(X, k)
         params = self._check_search_params()
         if _is_dask_array(X):
-            dist, ind = self._lazy_kneighbors(X, k, params)
+            dist, ind = self._lazy_answers(X, _knn_new, k, params, _merge_knn, (k,), (k,),
+                                           (np.float64, np.intp))
         elif X is None:
             dist, ind = self._kneighbors_rows(np.arange(self.n_samples_fit_), k, params)
         else:
@@ -572,36 +570,25 @@ default=None
                 for copies, p, route in zip(live, params, routes)]))
         return chunks, maps
 
-    def _lazy_kneighbors(self, X, k, params):
-        """Dask arrays of the answers, one task per chunk of ``X`` and shard."""
+    def _lazy_answers(self, X, task, arg, params, merge, merge_args, shape, dtypes):
+        """Dask arrays of the answers, chunk by chunk: ``task`` on every shard
+        (see :meth:`_lazy_chunks`), then ``merge(parts, maps, *merge_args)``
+        giving two arrays of ``(rows, *shape)`` and ``dtypes``."""
         import dask
         import dask.array as da
 
-        dists, inds = [], []
-        chunks, maps = self._lazy_chunks(X, _knn_new, k, params)
+        chunks, maps = self._lazy_chunks(X, task, arg, params)
+        out = ([], [])
         for rows, parts in chunks:
-            answer = dask.delayed(_merge_knn, pure=False, nout=2)(parts, maps, k)
-            dists.append(da.from_delayed(answer[0], (rows, k), dtype=np.float64))
-            inds.append(da.from_delayed(answer[1], (rows, k), dtype=np.intp))
-        return da.concatenate(dists), da.concatenate(inds)
+            answer = dask.delayed(merge, pure=False, nout=2)(parts, maps, *merge_args)
+            for part, dtype, arrays in zip(answer, dtypes, out):
+                arrays.append(da.from_delayed(part, (rows, *shape), dtype=dtype))
+        return tuple(da.concatenate(arrays) for arrays in out)
 
-    def _lazy_radius(self, X, radius, params, sort_results):
-        """Dask arrays (of object arrays) of the answers within ``radius``."""
-        import dask
-        import dask.array as da
-
-        dists, inds = [], []
-        chunks, maps = self._lazy_chunks(X, _radius_new, radius, params)
-        for rows, parts in chunks:
-            answer = dask.delayed(_radius_chunk, pure=False, nout=2)(parts, maps, sort_results,
-                                                                   self._dtype)
-            dists.append(da.from_delayed(answer[0], (rows,), dtype=object))
-            inds.append(da.from_delayed(answer[1], (rows,), dtype=object))
-        return da.concatenate(dists), da.concatenate(inds)
-
-    def _lazy_graph(self, build, dist, ind, mode):
-        """The CSR graph of a lazy answer, block by block (a dask array of
-        sparse blocks)."""
+    def _graph_of(self, build, dist, ind, mode):
+        """A lazy answer's graph is a dask array of CSR blocks, one per chunk."""
+        if not _is_dask_array(ind):
+            return super()._graph_of(build, dist, ind, mode)
         import dask.array as da
 
         return da.map_blocks(
@@ -610,16 +597,6 @@ default=None
             chunks=(dist.chunks[0], (self.n_samples_fit_,)),
             new_axis=1 if dist.ndim == 1 else None, meta=csr_matrix((0, 0)),
         )
-
-    def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
-        if not _is_dask_array(X):
-            return super().kneighbors_graph(X, n_neighbors, mode)
-        check_is_fitted(self)
-        check_graph_mode(mode)
-        dist, ind = self.kneighbors(X, self._check_n_neighbors(n_neighbors))
-        return self._lazy_graph(knn_graph, dist, ind, mode)
-
-    kneighbors_graph.__doc__ = NeighborsGraphMixin.kneighbors_graph.__doc__
 
     def radius_neighbors(self, X=None, radius=None, return_distance=True, sort_results=False):
         """Find the neighbours within ``radius`` of each query point, over all shards.
@@ -652,7 +629,8 @@ default=None
         X = self._check_queries(X, None)
         params = self._check_search_params()
         if _is_dask_array(X):
-            dists, inds = self._lazy_radius(X, radius, params, sort_results)
+            dists, inds = self._lazy_answers(X, _radius_new, radius, params, _radius_chunk,
+                                             (sort_results, self._dtype), (), (object, object))
             return (dists, inds) if return_distance else inds
         back = None
         if X is None:
@@ -669,16 +647,6 @@ default=None
         dists, inds = _finish_radius(dists, inds, sort_results, self._dtype)
         return (dists, inds) if return_distance else inds
 
-    def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
-        if not _is_dask_array(X):
-            return super().radius_neighbors_graph(X, radius, mode, sort_results)
-        check_is_fitted(self)
-        check_graph_mode(mode)
-        dist, ind = self.radius_neighbors(X, radius, return_distance=True,
-                                          sort_results=sort_results and mode == "distance")
-        return self._lazy_graph(radius_graph, dist, ind, mode)
-
-    radius_neighbors_graph.__doc__ = NeighborsGraphMixin.radius_neighbors_graph.__doc__
 
 
 def _check_dask_array(X):
