@@ -167,8 +167,27 @@ class NNDescentIndex:
 
     def query(self, Zq, n, n_jobs=1):
         # pynndescent searches its queries one after another, whatever n_jobs.
-        ind, dist = self._index.query(Zq, k=n, epsilon=_NNDESCENT_EPSILON)
+        ind, dist = self._searcher().query(Zq, k=n, epsilon=_NNDESCENT_EPSILON)
         return _valid_candidates(ind, dist)
+
+    def _searcher(self):
+        """The index with scratch space of its own, for one call.
+
+        pynndescent keeps on the index what every query call writes: a
+        visited-node bitset, a result heap per batch size (0.7) and the
+        random state. Slices of queries searched side by side by threads
+        wrote into each other's heaps (19 of 20 two-thread calls differed
+        from one call). A shallow copy gets its own; ``copy.copy`` would go
+        through pynndescent's pickling.
+        """
+        index = object.__new__(type(self._index))
+        index.__dict__.update(self._index.__dict__)
+        if hasattr(index, "_visited"):
+            index._visited = np.zeros_like(index._visited)
+        if hasattr(index, "search_rng_state"):
+            index.search_rng_state = index.search_rng_state.copy()
+        index._query_workspace = None
+        return index
 
 
 class HnswIndex:

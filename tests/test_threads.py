@@ -1,6 +1,8 @@
 """How many threads the search uses for an estimator's n_jobs."""
 
 import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from joblib import cpu_count, parallel_config
@@ -63,3 +65,21 @@ def test_threads_give_the_answers_of_one_thread(backend):
     found = [est.radius_neighbors(Q, radius, sort_results=True)[1] for est in (one, two)]
     for a, b in zip(*found):
         assert_array_equal(a, b)
+    # The index itself, called from two threads at once on halves of the
+    # codes, answers as the same two calls one after the other: pynndescent
+    # kept scratch space (its result heaps) on the index, and two threads
+    # wrote into each other's. (Not as one call: pynndescent's random
+    # starting points for a query depend on the queries before it in a call.)
+    Z = np.tile(one._embed(one._space.unit_raw(one._space.rows(Q)), queries=True)[0], (4, 1))
+    halves = [Z[:1400], Z[1400:]]  # long enough calls to overlap
+    alone = [one._index.query(z, 50, 1) for z in halves]
+    start = threading.Barrier(2)
+
+    def at_once(z):
+        start.wait()
+        return one._index.query(z, 50, 1)
+
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(10):
+            for a, b in zip(pool.map(at_once, halves), alone):
+                assert_array_equal(a, b, err_msg=f"{backend} in two threads")
