@@ -17,6 +17,7 @@ from ._base import query_batches
 from ._dask_setup import _distributed
 from ._search import stack_parts
 from ._shard_tasks import (
+    ShardLostError,
     _fitted_rows,
     _knn_new,
     _knn_own,
@@ -25,16 +26,13 @@ from ._shard_tasks import (
     _radius_new,
     _radius_own,
     _reference,
+    lost_message,
 )
 
 # Bytes of float64 query rows sent to the shards as one chunk (one task per
 # shard and chunk): large enough that a task's overhead (~1 ms) is small
 # against its search, small enough to bound each worker's memory.
 _CHUNK_BYTES = 2**25
-
-
-class ShardLostError(RuntimeError):
-    """A shard was lost with the worker(s) holding it and cannot be recovered."""
 
 
 class ShardFanOut:
@@ -45,36 +43,30 @@ class ShardFanOut:
 
     # ------------------------------------------------------- fan-out, merge
     def _live(self, shard):
-        """The replicas of a shard not lost with their workers."""
-        live = [f for f in self._shards[shard] if f.status not in ("cancelled", "lost")]
-        if not live:
-            rows = self._global_rows(shard)
-            held = (f"fitted rows {rows[0]} to {rows[-1]}" if self._router is None
-                    else f"{len(rows)} fitted rows")
-            raise ShardLostError(
-                f"Shard {shard} ({held}) was lost with the "
-                "worker(s) that held it and cannot be recovered: its rows were sent from "
-                "this process, and no replica is left. Fit again, with replicas=2 or more "
-                "to survive the loss of a worker."
-            )
-        return live
+        """The copies of a shard to search: those in memory, else those Dask
+        is recovering (tasks on them wait for them)."""
+        copies = self._shards[shard]
+        for states in (("finished",), ("pending", "lost")):
+            live = [f for f in copies if f.status in states]
+            if live:
+                return live
+        raise ShardLostError(lost_message(shard, self._global_rows(shard), self._router is None))
 
     def _on_shard(self, func, shard, *args, who_has=None):
         """Submit ``func(shard, *args)`` to the worker holding that copy of the shard.
 
         Left to itself, Dask may run a task elsewhere and copy the shard
         there; its memory manager then keeps one of the two copies, perhaps
-        on a worker that holds a replica already. Shards fitted from NumPy
-        rows cannot be recomputed, so their tasks are pinned; those fitted
-        from a dask array may be recomputed on another worker, so theirs
-        only prefer the holder.
+        on a worker that holds a replica already. The task only prefers the
+        holder: where it is lost, Dask recovers the copy on another worker
+        (:func:`._shard_tasks._copy_of_shard`) and runs the task there.
         """
         who_has = self._client.who_has(shard) if who_has is None else who_has
         holders = list(who_has.get(shard.key, ()))
-        if not holders:  # being recomputed
+        if not holders:  # being recovered
             return self._client.submit(func, shard, *args, pure=False)
         return self._client.submit(func, shard, *args, pure=False, workers=holders,
-                                   allow_other_workers=self._recomputable)
+                                   allow_other_workers=True)
 
     def _submit(self, kind, query, k, params):
         """Tasks of one chunk of queries on every shard (futures, in shard order).

@@ -2,8 +2,8 @@
 
 Each task takes a fitted shard (a search estimator) and answers with exact
 float64 distances and the shard's own row numbers; the merge maps them to
-rows of the whole data and keeps the ``k`` nearest. Nothing here imports
-Dask: the functions run wherever Dask sends them.
+rows of the whole data and keeps the ``k`` nearest. Only the copy of a
+shard (:func:`_copy_of_shard`) imports Dask, where it runs, on a worker.
 """
 
 import numpy as np
@@ -12,8 +12,56 @@ from ._base import _to_object_array
 from ._search import drop_self, reference_kneighbors
 
 
+class ShardLostError(RuntimeError):
+    """A shard was lost with the worker(s) holding it and cannot be recovered."""
+
+
+def lost_message(shard, rows, contiguous):
+    """What :class:`ShardLostError` says of shard ``shard``, holding ``rows``
+    (global, ascending; a slice or an array)."""
+    rows = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+    held = f"fitted rows {rows[0]} to {rows[-1]}" if contiguous else f"{len(rows)} fitted rows"
+    return (
+        f"Shard {shard} ({held}) was lost with the worker(s) that held it and cannot be "
+        "recovered: its rows were sent from this process, and no copy of it is left. Fit "
+        "again, with replicas=2 or more to survive the loss of a worker."
+    )
+
+
 def _fit_shard(estimator, X, y=None):
     return estimator.fit(X) if y is None else estimator.fit(X, y)
+
+
+def _copy_of_shard(sources, lost, lineage=None):
+    """A copy of a fitted shard: the value of the first of the keys ``sources``
+    that a worker holds, this worker's own object if it holds one.
+
+    A task without dependencies, so that Dask can run it again where the
+    copy was lost with its worker (a lazy query's tasks then wait for it):
+    it copies a copy that survived. Where none did, it waits for the key
+    ``lineage`` (a shard fitted from a dask array, which Dask fits again from
+    the array's chunks), or raises :class:`ShardLostError` with the message
+    ``lost``. ``sources`` are only looked up, never waited for: a copy being
+    recovered from this one (both lost) finds it missing too.
+    """
+    from distributed import Future, get_client, get_worker, worker_client
+    from distributed.utils_comm import gather_from_workers
+
+    worker = get_worker()
+    for key in sources:
+        if key in worker.data:
+            return worker.data[key]
+    client = get_client()
+    who_has = client.sync(client.scheduler.who_has, keys=list(sources))
+    for key in sources:
+        if who_has.get(key):
+            found = client.sync(gather_from_workers, {key: who_has[key]}, rpc=client.rpc)[0]
+            if key in found:
+                return found[key]
+    if lineage is None:
+        raise ShardLostError(lost)
+    with worker_client() as client:  # leaves this worker's thread to the refit
+        return Future(lineage, client).result()
 
 
 def _summary(shard):

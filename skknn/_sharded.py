@@ -35,6 +35,7 @@ from ._fan_out import ShardFanOut, ShardLostError
 from ._placement import fit_router, probe_grid
 from ._search import drop_self, recall_at_k, stack_parts
 from ._shard_tasks import (
+    _copy_of_shard,
     _finish_radius,
     _fit_shard,
     _knn_new,
@@ -43,6 +44,7 @@ from ._shard_tasks import (
     _radius_new,
     _summary,
     _to_global,
+    lost_message,
 )
 
 # placement='clusters': rows the coarse centres are fitted on; the share of
@@ -88,16 +90,17 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
         (:func:`distributed.get_client`).
     replicas : int, default=1
         Workers holding each fitted shard, each a different worker (so at
-        most the number of workers). Shards fitted from a NumPy array
-        are scattered from this process: a shard whose every replica is lost
-        with its worker cannot be recomputed, and queries raise
-        :class:`ShardLostError`. With ``replicas=2``, NumPy queries survive
-        the loss of any one worker (they are retried on the other replica)
-        at twice the cluster memory. Replicas also share the queries: chunks
-        of queries take turns over the copies of each shard, so that
+        most the number of workers). A copy lost with its worker is copied
+        again by Dask from a copy left, and the queries it was in (NumPy or
+        lazy) complete: with ``replicas=2``, queries survive the loss of any
+        one worker, at twice the cluster memory. Where no copy of a shard
+        is left, a shard fitted from a NumPy array cannot be recomputed (its
+        rows were sent from this process) and queries raise
+        :class:`ShardLostError`; one fitted from a dask array is fitted again
+        from the array's chunks. Replicas also share the queries: chunks of
+        queries take turns over the copies of each shard, so that
         ``n_shards=1, replicas=2`` on two workers answers about twice the
-        queries per second of one (the whole index on each). Shards fitted
-        from a dask array are recomputed from their chunks by Dask.
+        queries per second of one (the whole index on each).
     placement : {'rows', 'clusters'}, default='rows'
         How the rows are split. ``'rows'``: contiguous slices, and every
         query visits every shard. ``'clusters'``: coarse k-means centres,
@@ -288,12 +291,11 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
         else:
             slices = list(gen_even_slices(n_samples, n_shards))
             offsets = np.array([s.start for s in slices] + [n_samples])
-        shards = self._fit_shards(client, workers, X, y, slices, offsets, seeds, from_dask)
-        self._client, self._shards = client, self._replicate(client, workers, shards)
+        shards = self._fit_shards(client, workers, X, y, slices, seeds, from_dask)
+        self._client, self._shards = client, shards
         self._turns = itertools.count()
-        self._recomputable = from_dask
         self._router, self._router_future = router, None
-        summaries = client.gather([self._on_shard(_summary, shard) for shard in shards])
+        summaries = client.gather([self._on_shard(_summary, copies[0]) for copies in shards])
         self.n_shards_ = n_shards
         self.shard_offsets_ = offsets
         self.shard_rows_ = None if router is None else router.shard_rows
@@ -325,13 +327,13 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
             )
         return n_shards
 
-    def _fit_shards(self, client, workers, X, y, slices, offsets, seeds, from_dask):
+    def _fit_shards(self, client, workers, X, y, slices, seeds, from_dask):
         """Send each shard's rows to a worker and fit a clone of the estimator
-        there; the futures of the fitted shards, once all are fitted."""
+        there; each shard's copies (:meth:`_make_copies`), once all are made."""
         if from_dask:
             # One chunk of rows per shard, computed on the cluster.
-            if offsets is not None:
-                X = X.rechunk((tuple(np.diff(offsets)), (X.shape[1],)))
+            if isinstance(slices[0], slice):
+                X = X.rechunk((tuple(s.stop - s.start for s in slices), (X.shape[1],)))
                 parts = list(X.to_delayed().ravel())
             else:
                 parts = [X[rows].rechunk({0: -1}).to_delayed().ravel()[0] for rows in slices]
@@ -339,18 +341,29 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
         else:
             shards_data = [client.scatter(X[s], workers=[workers[i % len(workers)]],
                                           hash=False) for i, s in enumerate(slices)]
-        shards = []
+        fits = []
         for i, (s, data) in enumerate(zip(slices, shards_data)):
             est = clone(self.estimator).set_params(random_state=int(seeds[i]),
                                                     target_recall=None)
             args = (est, data) if y is None else (est, data, y[s])
             # Shards spread over the workers (where their rows were sent).
-            shards.append(client.submit(_fit_shard, *args, pure=False,
-                                        key=f"skknn-shard-{i}-{_token()}",
-                                        workers=[workers[i % len(workers)]],
-                                        allow_other_workers=from_dask))
+            fits.append(client.submit(_fit_shard, *args, pure=False,
+                                      key=f"skknn-fit-{i}-{_token()}",
+                                      workers=[workers[i % len(workers)]],
+                                      allow_other_workers=from_dask))
+        del shards_data
         try:
-            self._wait_for_fits(shards)
+            self._wait_for_fits(fits)
+            shards = self._make_copies(client, workers, fits, slices, from_dask)
+            placed = [copy.key for copies in shards for copy in copies]
+            self._wait_for_fits([copy for copies in shards for copy in copies])
+            # Placed, a copy lost with its worker may be recovered on any
+            # worker: Dask never gives a task waiting for a worker, whose
+            # workers are all gone, to workers that join later, even with
+            # allow_other_workers (after every worker was lost at once, the
+            # recovery and the queries waiting for it hung).
+            client.sync(client.scheduler.set_restrictions,
+                        worker=dict.fromkeys(placed))
         except self._lost() as exc:
             raise ShardLostError(
                 "A worker was lost while the shards were fitted; nothing was changed. Fit "
@@ -358,20 +371,32 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
             ) from exc
         return shards
 
-    def _replicate(self, client, workers, shards):
-        """Each shard's copies: the fitted shard, and ``replicas - 1`` copies
-        of it on the next workers."""
-        replicas = [[shard] for shard in shards]
-        for i, shard in enumerate(shards if self.replicas > 1 else []):
-            # A copy sent from here under a key of its own: copying through a
-            # task dependency would leave two copies of the one key, and
-            # Dask's memory manager keeps only one, perhaps the replica's.
-            fitted = shard.result()
-            for r in range(1, self.replicas):
-                owner = workers[(i + r) % len(workers)]
-                replicas[i].append(client.scatter(fitted, workers=[owner], hash=False))
-            del fitted
-        return replicas
+    def _make_copies(self, client, workers, fits, slices, from_dask):
+        """Each shard's ``replicas`` copies, each on a worker of its own.
+
+        A copy is a task without dependencies that takes the fitted shard
+        from a worker holding it (:func:`._shard_tasks._copy_of_shard`; the
+        first copy is the fitted object itself, on the worker that fitted
+        it). Where a copy is lost with its worker, Dask runs its task again
+        on another worker, which copies a copy that survived: NumPy queries
+        and lazy (dask-array) queries alike then go on. A shard fitted from a
+        dask array is its own first copy: Dask fits it again from the array's
+        chunks, and its other copies wait for that where none is left.
+        """
+        token, shards = _token(), []
+        for i, (fit, rows) in enumerate(zip(fits, slices)):
+            keys = [fit.key if r == 0 and from_dask else f"skknn-shard-{i}-{r}-{token}"
+                    for r in range(self.replicas)]
+            lost = lost_message(i, rows, self.placement == "rows")
+            copies = [fit] if from_dask else []
+            for r in range(len(copies), self.replicas):
+                sources = list(dict.fromkeys([fit.key] + keys[:r] + keys[r + 1:]))
+                copies.append(client.submit(
+                    _copy_of_shard, sources, lost, fit.key if from_dask else None,
+                    key=keys[r], workers=[workers[(i + r) % len(workers)]],
+                    allow_other_workers=True, pure=False))
+            shards.append(copies)
+        return shards
 
     def _place(self, X, n_shards, seed, from_dask):
         """``placement='clusters'``: the router, with the rows of each shard, and

@@ -1,6 +1,7 @@
 """ShardedNeighbors on a real LocalCluster (worker processes): exactness, API, faults."""
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -416,8 +417,26 @@ def test_failed_fit_leaves_the_estimator_as_before(client, rng):
     assert_array_equal(ours.kneighbors(X[:5])[1], before[1])
 
 
-def _kill_holder_during_query(client, ours, Q, monkeypatch):
-    """Query in a thread and kill the worker holding shard 0 once it runs."""
+def _slowly(Q, rows=20, pause=0.03):
+    """``Q`` as a dask array of chunks that take ``pause`` seconds each to
+    make, so that a lazy query on it is still running when a worker is
+    killed (time.sleep and getitem reach the workers by reference)."""
+    import operator
+
+    import dask
+
+    return da.concatenate([
+        da.from_delayed(dask.delayed(operator.getitem)(
+            (dask.delayed(time.sleep, pure=False)(pause), Q[s:s + rows]), 1),
+            Q[s:s + rows].shape, Q.dtype)
+        for s in range(0, len(Q), rows)])
+
+
+def _kill_holder_during_query(client, ours, Q, monkeypatch, lazy=False, every_worker=False):
+    """Query in a thread (NumPy, or ``lazy``: a dask array computed) and kill
+    the worker holding shard 0's first copy once it runs (or every worker)."""
+    import dask
+
     import skknn._fan_out as fan_out
 
     monkeypatch.setattr(fan_out, "_CHUNK_BYTES", 8 * Q.shape[1] * 20)  # many chunks
@@ -425,7 +444,8 @@ def _kill_holder_during_query(client, ours, Q, monkeypatch):
 
     def query():
         try:
-            result["answer"] = ours.kneighbors(Q)
+            result["answer"] = dask.compute(*ours.kneighbors(_slowly(Q))) if lazy \
+                else ours.kneighbors(Q)
         except Exception as exc:  # noqa: BLE001 - reported to the test thread
             result["error"] = exc
 
@@ -435,7 +455,8 @@ def _kill_holder_during_query(client, ours, Q, monkeypatch):
     assert thread.is_alive(), "the query ended before the worker was killed"
     holder = next(iter(client.who_has(ours._shards[0][0])[ours._shards[0][0].key]))
     pids = client.run(os.getpid)
-    os.kill(pids[holder], signal.SIGKILL)
+    for worker in pids if every_worker else [holder]:
+        os.kill(pids[worker], signal.SIGKILL)
     thread.join(120)
     assert not thread.is_alive()
     return result
@@ -443,30 +464,52 @@ def _kill_holder_during_query(client, ours, Q, monkeypatch):
 
 def test_a_worker_killed_mid_query_is_survived_with_replicas(rng, monkeypatch):
     # Clusters placed on shards: the router sent to the workers must survive
-    # too (the retry of the chunks is the same for both placements).
+    # too. A NumPy query's chunks are retried on the copies left; a lazy
+    # query's tasks wait for Dask to copy the lost copy again from the one
+    # left. Two kills: the first lost copy was recovered.
     X, Q = rng.randn(400, 6), rng.randn(3000, 6)
+    ref = NearestNeighbors(n_neighbors=3).fit(X).kneighbors(Q)
     with _cluster(3) as cluster, distributed.Client(cluster) as client:
         ours = ShardedNeighbors(exact_learned(n_neighbors=3), n_shards=2, replicas=2,
                                 placement="clusters", client=client).fit(X)
         ours.coarse_probe_ = ours.n_coarse_centres_
-        result = _kill_holder_during_query(client, ours, Q, monkeypatch)
-    assert "error" not in result, result.get("error")
-    dist, ind = result["answer"]
-    assert_same_neighbors(dist, ind, *NearestNeighbors(n_neighbors=3).fit(X).kneighbors(Q))
+        for lazy in (False, True):
+            result = _kill_holder_during_query(client, ours, Q, monkeypatch, lazy)
+            assert "error" not in result, result.get("error")
+            assert_same_neighbors(*result["answer"], *ref)
+        assert all(len(ours._live(i)) == 2 for i in range(2))
 
 
-def test_a_lost_shard_without_replica_raises_and_returns_nothing(rng, monkeypatch):
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_lost_shard_without_replica_raises_and_returns_nothing(rng, monkeypatch, lazy):
     X, Q = rng.randn(400, 6), rng.randn(3000, 6)
     with _cluster(2) as cluster, distributed.Client(cluster) as client:
         ours = ShardedNeighbors(exact_learned(n_neighbors=3), n_shards=2, client=client).fit(X)
         holders = client.who_has([shard[0] for shard in ours._shards])
         assert len({tuple(w) for w in holders.values()}) == 2  # one shard per worker
-        result = _kill_holder_during_query(client, ours, Q, monkeypatch)
+        # Every worker: a lazy query's task may run where the shard is not,
+        # and Dask then copies it there (a small shard). The recoveries must
+        # then run on the workers that replace them, not wait for ever.
+        result = _kill_holder_during_query(client, ours, Q, monkeypatch, lazy,
+                                           every_worker=True)
         assert "answer" not in result
         assert isinstance(result["error"], ShardLostError)
-        assert "Shard 0 (fitted rows 0 to 199) was lost" in str(result["error"])
+        assert re.search(r"Shard [01] \(fitted rows (0 to 199|200 to 399)\) was lost",
+                         str(result["error"]))
         with pytest.raises(ShardLostError, match="replicas=2"):
             ours.kneighbors(Q[:3])
+
+
+def test_a_lost_shard_fitted_from_a_dask_array_is_fitted_again(rng, monkeypatch):
+    # No replica: Dask fits the shard again from the array's chunks, and the
+    # lazy query it was lost in completes.
+    X, Q = rng.randn(400, 6), rng.randn(3000, 6)
+    with _cluster(2) as cluster, distributed.Client(cluster) as client:
+        ours = ShardedNeighbors(exact_learned(n_neighbors=3), n_shards=2, client=client)
+        ours.fit(da.from_array(X, chunks=100))
+        result = _kill_holder_during_query(client, ours, Q, monkeypatch, lazy=True)
+    assert "error" not in result, result.get("error")
+    assert_same_neighbors(*result["answer"], *NearestNeighbors(n_neighbors=3).fit(X).kneighbors(Q))
 
 
 def test_grid_search_with_the_dask_backend_and_one_time_worker_setup(client):
