@@ -18,6 +18,7 @@ from ._dask_setup import _distributed
 from ._search import stack_parts
 from ._shard_tasks import (
     ShardLostError,
+    _copy_of_shard,
     _fitted_rows,
     _knn_new,
     _knn_own,
@@ -33,6 +34,32 @@ from ._shard_tasks import (
 # shard and chunk): large enough that a task's overhead (~1 ms) is small
 # against its search, small enough to bound each worker's memory.
 _CHUNK_BYTES = 2**25
+
+
+def submit_copy(client, prefix, lost, fitted, lineage, worker):
+    """A copy of a shard on ``worker``, under a new key starting with
+    ``prefix``: see :func:`._shard_tasks._copy_of_shard`."""
+    return client.submit(_copy_of_shard, prefix, lost, fitted, lineage,
+                         key=f"{prefix}{_token()}", workers=[worker],
+                         allow_other_workers=True, pure=False)
+
+
+def unpin(client, copies):
+    """Let Dask recover placed copies on any worker.
+
+    Dask never gives a task waiting for a worker, whose workers are all
+    gone, to workers that join later, even with ``allow_other_workers``:
+    after every worker was lost at once, recoveries of copies that kept
+    their worker restriction (and the queries waiting for them) hung.
+    """
+    client.sync(client.scheduler.set_restrictions,
+                worker=dict.fromkeys(copy.key for copy in copies))
+
+
+def _token():
+    import uuid
+
+    return uuid.uuid4().hex[:12]
 
 
 class ShardFanOut:
@@ -51,6 +78,40 @@ class ShardFanOut:
             if live:
                 return live
         raise ShardLostError(lost_message(shard, self._global_rows(shard), self._router is None))
+
+    def _spread_copies(self):
+        """Spread again copies of one shard that came to share a worker.
+
+        Dask recovers a lost copy on a worker of its choosing, perhaps one
+        holding another copy of the shard (one object then), and a second
+        loss would take both. Before a query, once the recoveries under way
+        have ended, such a copy is made again on a worker holding none of
+        the shard, if there is one. One scheduler call when all are apart.
+        """
+        if self.replicas == 1:
+            return
+        distributed, client = _distributed(), self._client
+        every = [copy for copies in self._shards for copy in copies]
+        distributed.wait([copy for copy in every if copy.status in ("pending", "lost")])
+        where, moved = client.who_has(every), []
+        workers = set(client.nthreads())
+        for i, copies in enumerate(self._shards):
+            held = [set(where.get(copy.key, ())) for copy in copies]
+            free, seen = sorted(workers.difference(*held)), set()
+            for r in range(len(copies)):
+                # (The first copy stays: from a dask array, it is the fit.)
+                if r and free and held[r] and held[r] <= seen:
+                    lineage = copies[0].key if self._from_dask else None
+                    copies[r] = submit_copy(
+                        client, self._copy_prefixes[i],
+                        lost_message(i, self._global_rows(i), self._router is None),
+                        lineage, lineage, free.pop(0))
+                    moved.append(copies[r])
+                    continue
+                seen |= held[r]
+        if moved:
+            distributed.wait(moved)
+            unpin(client, moved)
 
     def _on_shard(self, func, shard, *args, who_has=None):
         """Submit ``func(shard, *args)`` to the worker holding that copy of the shard.

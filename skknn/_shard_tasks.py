@@ -32,32 +32,38 @@ def _fit_shard(estimator, X, y=None):
     return estimator.fit(X) if y is None else estimator.fit(X, y)
 
 
-def _copy_of_shard(sources, lost, lineage=None):
-    """A copy of a fitted shard: the value of the first of the keys ``sources``
-    that a worker holds, this worker's own object if it holds one.
+def _copy_of_shard(prefix, lost, fitted=None, lineage=None):
+    """A copy of a fitted shard: the value of the key ``fitted`` (the fitted
+    shard) or of another copy (a key starting with ``prefix``), this
+    worker's own object where it holds one.
 
     A task without dependencies, so that Dask can run it again where the
     copy was lost with its worker (a lazy query's tasks then wait for it):
-    it copies a copy that survived. Where none did, it waits for the key
-    ``lineage`` (a shard fitted from a dask array, which Dask fits again from
-    the array's chunks), or raises :class:`ShardLostError` with the message
-    ``lost``. ``sources`` are only looked up, never waited for: a copy being
-    recovered from this one (both lost) finds it missing too.
+    it copies a copy that survived, whatever its key (copies may be made
+    again under new keys, see ``ShardFanOut._spread_copies``). Where none
+    did, it waits for the key ``lineage`` (a shard fitted from a dask array,
+    which Dask fits again from the array's chunks), or raises
+    :class:`ShardLostError` with the message ``lost``. Copies are only
+    looked up, never waited for: a copy being recovered from this one (both
+    lost) finds it missing too.
     """
     from distributed import Future, get_client, get_worker, worker_client
     from distributed.utils_comm import gather_from_workers
 
     worker = get_worker()
-    for key in sources:
-        if key in worker.data:
-            return worker.data[key]
+    mine = worker.get_current_task()
+
+    def source(key):
+        return key == fitted or (isinstance(key, str) and key.startswith(prefix) and key != mine)
+
+    for key in [key for key in worker.data.keys() if source(key)]:
+        return worker.data[key]
     client = get_client()
-    who_has = client.sync(client.scheduler.who_has, keys=list(sources))
-    for key in sources:
-        if who_has.get(key):
-            found = client.sync(gather_from_workers, {key: who_has[key]}, rpc=client.rpc)[0]
-            if key in found:
-                return found[key]
+    who_has = client.sync(client.scheduler.who_has)
+    for key in [key for key, holders in who_has.items() if holders and source(key)]:
+        found = client.sync(gather_from_workers, {key: who_has[key]}, rpc=client.rpc)[0]
+        if key in found:
+            return found[key]
     if lineage is None:
         raise ShardLostError(lost)
     with worker_client() as client:  # leaves this worker's thread to the refit

@@ -31,11 +31,10 @@ from ._base import (
     query_batches,
 )
 from ._dask_setup import _distributed
-from ._fan_out import ShardFanOut, ShardLostError
+from ._fan_out import ShardFanOut, ShardLostError, _token, submit_copy, unpin
 from ._placement import fit_router, probe_grid
 from ._search import drop_self, recall_at_k, stack_parts
 from ._shard_tasks import (
-    _copy_of_shard,
     _finish_radius,
     _fit_shard,
     _knn_new,
@@ -292,7 +291,7 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
             slices = list(gen_even_slices(n_samples, n_shards))
             offsets = np.array([s.start for s in slices] + [n_samples])
         shards = self._fit_shards(client, workers, X, y, slices, seeds, from_dask)
-        self._client, self._shards = client, shards
+        self._client, self._shards, self._from_dask = client, shards, from_dask
         self._turns = itertools.count()
         self._router, self._router_future = router, None
         summaries = client.gather([self._on_shard(_summary, copies[0]) for copies in shards])
@@ -355,15 +354,9 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
         try:
             self._wait_for_fits(fits)
             shards = self._make_copies(client, workers, fits, slices, from_dask)
-            placed = [copy.key for copies in shards for copy in copies]
             self._wait_for_fits([copy for copies in shards for copy in copies])
-            # Placed, a copy lost with its worker may be recovered on any
-            # worker: Dask never gives a task waiting for a worker, whose
-            # workers are all gone, to workers that join later, even with
-            # allow_other_workers (after every worker was lost at once, the
-            # recovery and the queries waiting for it hung).
-            client.sync(client.scheduler.set_restrictions,
-                        worker=dict.fromkeys(placed))
+            # Placed, a copy lost with its worker may be recovered anywhere.
+            unpin(client, [copy for copies in shards for copy in copies])
         except self._lost() as exc:
             raise ShardLostError(
                 "A worker was lost while the shards were fitted; nothing was changed. Fit "
@@ -383,19 +376,17 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
         dask array is its own first copy: Dask fits it again from the array's
         chunks, and its other copies wait for that where none is left.
         """
-        token, shards = _token(), []
+        token, shards, self._copy_prefixes = _token(), [], []
         for i, (fit, rows) in enumerate(zip(fits, slices)):
-            keys = [fit.key if r == 0 and from_dask else f"skknn-shard-{i}-{r}-{token}"
-                    for r in range(self.replicas)]
+            prefix = f"skknn-{token}-shard-{i}-"
             lost = lost_message(i, rows, self.placement == "rows")
             copies = [fit] if from_dask else []
             for r in range(len(copies), self.replicas):
-                sources = list(dict.fromkeys([fit.key] + keys[:r] + keys[r + 1:]))
-                copies.append(client.submit(
-                    _copy_of_shard, sources, lost, fit.key if from_dask else None,
-                    key=keys[r], workers=[workers[(i + r) % len(workers)]],
-                    allow_other_workers=True, pure=False))
+                copies.append(submit_copy(client, prefix, lost, fit.key,
+                                          fit.key if from_dask else None,
+                                          workers[(i + r) % len(workers)]))
             shards.append(copies)
+            self._copy_prefixes.append(prefix)
         return shards
 
     def _place(self, X, n_shards, seed, from_dask):
@@ -555,6 +546,7 @@ default=None
         k = self._check_n_neighbors(n_neighbors)
         X = self._check_queries(X, k)
         params = self._check_search_params()
+        self._spread_copies()
         if _is_dask_array(X):
             dist, ind = self._lazy_answers(X, _knn_new, k, params, _merge_knn, (k,), (k,),
                                            (np.float64, np.intp))
@@ -581,8 +573,12 @@ default=None
             )
         X = X.rechunk({1: -1})
         live = [self._live(i) for i in range(self.n_shards_)]
-        # The maps to global rows: offsets, or the router on the workers.
-        maps = self.shard_offsets_[:-1] if self._router is None else self._shared_router()
+        # The maps to global rows: offsets, or the router, carried by the
+        # graph (not scattered: Dask could not recompute it where a worker
+        # holding the last replica is lost, and its memory manager drops
+        # the replicas a broadcast made).
+        maps = self.shard_offsets_[:-1] if self._router is None else dask.delayed(
+            self._router, name=f"skknn-router-{_token()}", traverse=False)
         routes = [None] * self.n_shards_ if self._router is None else [
             (maps, i, self.coarse_probe_) for i in range(self.n_shards_)]
         chunks = []
@@ -653,6 +649,7 @@ default=None
         radius = self._check_radius(radius, return_distance, sort_results)
         X = self._check_queries(X, None)
         params = self._check_search_params()
+        self._spread_copies()
         if _is_dask_array(X):
             dists, inds = self._lazy_answers(X, _radius_new, radius, params, _radius_chunk,
                                              (sort_results, self._dtype), (), (object, object))
@@ -688,10 +685,4 @@ def _check_dask_array(X):
 def _is_dask_array(X):
     module = type(X).__module__
     return module.startswith("dask.") and hasattr(X, "to_delayed")
-
-
-def _token():
-    import uuid
-
-    return uuid.uuid4().hex[:12]
 
