@@ -259,6 +259,63 @@ def _compile():
                 best_d[i, t] = buf_d[i, t]
                 out[i, t] = buf_i[i, t]
 
+    # No fastmath: the ranking values are rounded as NumPy's float32 would
+    # round them (the margin below is an error bound of those values).
+    @numba.njit(cache=True, nogil=True)
+    def margin_select(H, alpha, rank_add, select_sub, k, extra, out, threshold):
+        # Per query (row of H, the products q.x): its k-th smallest ranking
+        # value alpha h + rank_add, in a sorted list (a cut buffer for large
+        # k, as scan_cells); then the rows whose value minus select_sub is
+        # at most that plus extra[i], written to out[i] up to its width.
+        # Returns each query's count of such rows (more than the width: the
+        # caller finds them again).
+        n_queries, n = H.shape
+        width = out.shape[1]
+        counts = np.zeros(n_queries, dtype=np.intp)
+        big = k > _SORTED_UP_TO
+        cap = 2 * k if big else k
+        best = np.empty(cap, dtype=np.float32)
+        best_i = np.empty(cap, dtype=np.intp)
+        for i in range(n_queries):
+            h = H[i]
+            best[:] = np.inf
+            worst = np.float32(np.inf)
+            filled = 0
+            for j in range(n):
+                value = np.float32(alpha * h[j]) + rank_add[j]
+                if not value < worst:
+                    continue
+                if big:
+                    best[filled] = value
+                    filled += 1
+                    if filled == cap:
+                        worst = select_smallest(best, best_i, cap, k)
+                        filled = k
+                    continue
+                pos = k - 1
+                while pos > 0 and best[pos - 1] > value:
+                    best[pos] = best[pos - 1]
+                    pos -= 1
+                best[pos] = value
+                worst = best[k - 1]
+            if big:
+                kth = np.float32(np.inf)
+                if filled >= k:
+                    kth = select_smallest(best, best_i, filled, k)
+            else:
+                kth = best[k - 1]
+            limit = np.float64(kth) + extra[i]
+            threshold[i] = limit
+            c = 0
+            for j in range(n):
+                value = (np.float32(alpha * h[j]) + rank_add[j]) - select_sub[j]
+                if np.float64(value) <= limit:
+                    if c < width:
+                        out[i, c] = j
+                    c += 1
+            counts[i] = c
+        return counts
+
     @jit
     def sq_norm(row):
         acc = 0.0
@@ -306,7 +363,7 @@ def _compile():
                     break
         return counts
 
-    return candidate_distances, scan_cells, order_by_mass, centre_rows
+    return candidate_distances, scan_cells, order_by_mass, centre_rows, margin_select
 
 
 def load():
@@ -314,13 +371,13 @@ def load():
 
     Returns
     -------
-    distances, scan, by_mass, centre : the re-ranking, cell-scanning,
-        probe-ordering and row-centring kernels.
+    distances, scan, by_mass, centre, margin : the re-ranking, cell-scanning,
+        probe-ordering, row-centring and exact-selection kernels.
     """
     global _KERNEL
     with _LOCK:
         if _KERNEL is None:
-            distances, scan, by_mass, centre = _compile()
+            distances, scan, by_mass, centre, margin = _compile()
             # numba loads one specialisation per argument types on its first
             # call: do it here for every dtype used, not in a user's query.
             for dtype in (np.float32, np.float64):
@@ -336,7 +393,9 @@ def load():
                 by_mass(ones, ones, np.ones(1), np.empty((1, 1), dtype=np.intp))
             centre(codes, np.zeros(1, dtype=np.float32), np.float32(1.0), np.empty_like(codes),
                    np.empty(1))
-            _KERNEL = distances, scan, by_mass, centre
+            margin(codes, -2.0, np.zeros(1, dtype=np.float32), np.zeros(1, dtype=np.float32), 1,
+                   np.zeros(1), np.empty((1, 1), dtype=np.intp), np.empty(1))
+            _KERNEL = distances, scan, by_mass, centre, margin
     return _KERNEL
 
 
@@ -391,6 +450,46 @@ def candidate_distances(metric, Q, X, candidates, n_jobs=1, visit=None):
     visit = np.arange(len(Q)) if visit is None else np.ascontiguousarray(visit, dtype=np.intp)
     in_slices(lambda rows: kernel(Q, X, candidates, code, p, out, visit[rows]), len(Q), n_jobs)
     return out
+
+
+def margin_select(H, alpha, rank_add, select_sub, k, extra, width):
+    """The rows each query of exact search keeps (see ``_search._margin_candidates``).
+
+    Parameters
+    ----------
+    H : ndarray of shape (n_queries, n_rows), float32
+        The products of query and fitted ranking rows.
+    alpha : float
+        -2 (squared distances) or -1 (cosine): the ranking value of a pair
+        is ``alpha * h + rank_add`` in float32.
+    rank_add, select_sub : ndarray of shape (n_rows,), float32
+        Per fitted row: added to the ranking value, and subtracted from it
+        for the selection (its error bound).
+    k : int
+        Neighbours sought.
+    extra : ndarray of shape (n_queries,)
+        Per query, added to its ``k``-th smallest ranking value to make its
+        threshold.
+    width : int
+        Columns of the returned rows.
+
+    Returns
+    -------
+    rows : ndarray of shape (n_queries, width), intp
+        Per query, its kept rows in order (-1 after); only the first
+        ``width`` of a query keeping more.
+    counts : ndarray of shape (n_queries,)
+        The number of rows each query keeps.
+    threshold : ndarray of shape (n_queries,)
+        Each query's threshold (float64).
+    """
+    kernel = load()[4]
+    out = np.full((len(H), width), -1, dtype=np.intp)
+    threshold = np.empty(len(H))
+    counts = kernel(np.ascontiguousarray(H, dtype=np.float32), float(alpha), rank_add,
+                    select_sub, k, np.ascontiguousarray(extra, dtype=np.float64), out,
+                    threshold)
+    return out, counts, threshold
 
 
 def scan_cells(Q, Z, z_sq, starts, probes, n, n_jobs=1, return_values=False):

@@ -19,7 +19,7 @@ from joblib import cpu_count, effective_n_jobs
 from sklearn import get_config
 from sklearn.utils import gen_batches
 
-from ._kernels import candidate_distances, run_in_threads
+from ._kernels import candidate_distances, margin_select, run_in_threads
 from ._metrics import Space, _unit_rows, resolve_metric
 
 # Rows selected beyond k by ranking values in the searches that merge
@@ -182,7 +182,8 @@ def _margin_candidates(space, q, k):
     lies in ``[v - e, v + e]``; the ``k``-th smallest upper bound ``U`` is at
     least the exact ``k``-th distance, so every row with ``v - e <= U`` is
     kept. Written out with ``e = tol * (|q|^2 + |x|^2)``, the terms in ``|q|``
-    move to the threshold and one float32 array suffices.
+    move to the threshold and one float32 array suffices; a compiled kernel
+    finds ``U`` and the rows in two passes over each query's products.
 
     Returns
     -------
@@ -196,30 +197,26 @@ def _margin_candidates(space, q, k):
     alpha, beta = (-1.0, 0.0) if space.metric.name == "cosine" else (-2.0, 1.0)
     with np.errstate(over="ignore", invalid="ignore"):
         H = q.block @ X.block.T
-        H *= alpha
-        H += ((beta + tol) * X.sq).astype(np.float32)
-        kth = np.partition(H, k - 1, axis=1)[:, k - 1].astype(np.float64)
-        threshold = kth + 2 * tol * q.sq + 2 * space.ABS_SLACK
-        H -= (2 * tol * X.sq).astype(np.float32)
-        selected = H <= threshold[:, None]
-    # A query too far out to be ranked in float32 is compared with every row.
-    selected[~(q.sq <= _RANKABLE_SQ)] = True
-    rows, cols = np.nonzero(selected)
-    return _pack(rows, cols, len(q), max(k * _PACKED_PER_NEIGHBOR, k + 64))
-
-
-def _pack(rows, cols, n_rows, width):
-    """(row, col) pairs sorted by row as a padded matrix; rows above ``width`` apart."""
-    counts = np.bincount(rows, minlength=n_rows)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    loose = [(r, cols[starts[r] : starts[r + 1]]) for r in np.flatnonzero(counts > width)]
-    keep = counts[rows] <= width
-    rows, cols = rows[keep], cols[keep]
-    counts = np.bincount(rows, minlength=n_rows)
-    pos = np.arange(len(rows)) - np.concatenate([[0], np.cumsum(counts)])[rows]
-    packed = np.full((n_rows, max(1, int(counts.max(initial=0)))), -1, dtype=np.intp)
-    packed[rows, pos] = cols
-    return packed, loose
+        rank_add = ((beta + tol) * X.sq).astype(np.float32)
+        select_sub = (2 * tol * X.sq).astype(np.float32)
+        extra = 2 * tol * q.sq + 2 * space.ABS_SLACK
+    width = max(k * _PACKED_PER_NEIGHBOR, k + 64)
+    packed, counts, threshold = margin_select(H, alpha, rank_add, select_sub, k, extra, width)
+    # A query too far out to be ranked in float32 is compared with every row;
+    # one with more candidates than the width gets them found again.
+    far = ~(q.sq <= _RANKABLE_SQ)
+    loose = []
+    for row in np.flatnonzero(far | (counts > width)):
+        if far[row]:
+            cols = np.arange(len(X))
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                values = (np.float32(alpha) * H[row] + rank_add) - select_sub
+            cols = np.flatnonzero(values <= threshold[row])
+        loose.append((row, cols))
+        packed[row] = -1
+    kept = counts[~far & (counts <= width)]
+    return packed[:, :max(1, int(kept.max(initial=0)))], loose
 
 
 def reference_kneighbors(space, q, k):

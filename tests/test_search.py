@@ -351,3 +351,38 @@ def test_cell_scans_with_many_tied_rows(n, rng):
         # The n smallest values, whichever of the tied rows hold them.
         assert_allclose(np.sort(values[i]), np.sort(exact[i])[:n], rtol=1e-5, atol=1e-5)
         assert np.delete(exact[i], kept).min() >= values[i].max() - 1e-5
+
+
+def _margin_rows(space, q, k):
+    """The rows exact search keeps, by the margin rule in NumPy's float32."""
+    alpha, beta = (-1.0, 0.0) if space.metric.name == "cosine" else (-2.0, 1.0)
+    X, tol = space.fitted, space.tol
+    with np.errstate(over="ignore", invalid="ignore"):
+        H = alpha * (q.block @ X.block.T) + ((beta + tol) * X.sq).astype(np.float32)
+        kth = np.partition(H, k - 1, axis=1)[:, k - 1].astype(np.float64)
+        threshold = kth + 2 * tol * q.sq + 2 * space.ABS_SLACK
+        selected = H - (2 * tol * X.sq).astype(np.float32) <= threshold[:, None]
+    selected[~(q.sq <= search._RANKABLE_SQ)] = True
+    return [set(np.flatnonzero(row)) for row in selected]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("shift, scale", [(0.0, 1.0), (5e3, 1e3), (1e6, 1.0), (0.0, 1e-20)])
+def test_compiled_margin_keeps_the_rows_of_the_float32_rule(rng, metric, shift, scale):
+    # The compiled k-th value and selection keep exactly the rows NumPy's
+    # partition and comparison keep, with ties, for k in the sorted list
+    # and beyond it (the cut buffer), and queries with more rows than fit.
+    X = (rng.randn(1500, 16) * scale + shift).astype(np.float32)
+    X[100:300] = X[0]
+    Q = np.vstack([(rng.randn(60, 16) * scale + shift).astype(np.float32), X[:3]])
+    space = Space(resolve_metric(metric), X)
+    q = space.rows(Q)
+    for k in (1, 5, 80):
+        packed, loose = search._margin_candidates(space, q, k)
+        kept = [set(row[row >= 0]) for row in packed]
+        for row, cols in loose:
+            kept[row] = set(cols)
+        assert kept == _margin_rows(space, q, k), f"{metric}, k={k}"
+        # Query 60 is X[0], with 201 tied rows: more than k=1 and 5 keep in
+        # place (65 and 69 columns).
+        assert k == 80 or 60 in {row for row, _ in loose}
