@@ -262,6 +262,28 @@ def test_the_kernel_is_loaded_by_fit_and_by_unpickling(tmp_path):
         assert out.stdout.strip() == "True", out.stderr
 
 
+_CACHE_MISSES = """
+import skknn._kernels as kernels
+kernels.load()
+print(sum(len(kernel.stats.cache_misses) for kernel in kernels._KERNEL))
+"""
+
+
+def test_a_second_process_loads_the_kernels_from_the_disk_cache():
+    # numba keys a function's cache on its closure; a closure over other
+    # compiled functions pickled differently in each process, so each one
+    # compiled the kernels again (~8 s) and wrote another cache file.
+    import subprocess
+    import sys
+
+    misses = [
+        subprocess.run([sys.executable, "-c", _CACHE_MISSES], capture_output=True, text=True,
+                       check=True, timeout=300).stdout.strip()
+        for _ in range(2)
+    ]
+    assert misses[1] == "0", misses
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2, 3])
 @pytest.mark.parametrize("n", [12, 70])  # a sorted list, a heap (_SORTED_UP_TO)
 def test_cell_scans_keep_the_nearest_and_bound_the_rest(n_jobs, n, rng):
