@@ -5,6 +5,8 @@ Run ``python benchmarks/bench_exact.py`` (needs the Fashion-MNIST files, see
 
 * exact kneighbors (k=10) of the 10k test images against the 60k training
   images: skknn's exact setting vs scikit-learn's brute force, median of 3;
+  the same on generated embedding-like float32 vectors of 32 (euclidean)
+  and 384 (cosine) features, 100k rows and 5k queries;
 * peak RSS of 200k queries (the test set 20 times) against 20k training
   images, k=5, each method in a fresh process;
 * the first ``kneighbors`` of 2,000 queries after fitting default
@@ -51,17 +53,27 @@ def median_time(func, repeats):
     return float(np.median(times)), times
 
 
-def exact_speed(X, T, repeats):
+def exact_speed(X, T, repeats, metric="euclidean"):
     from sklearn.neighbors import NearestNeighbors
 
     from skknn import LearnedNeighbors
 
     for name, est in (("skknn exact", LearnedNeighbors(10, embedder="passthrough",
-                                                       backend="brute")),
-                      ("sklearn brute", NearestNeighbors(n_neighbors=10, algorithm="brute"))):
+                                                       backend="brute", metric=metric)),
+                      ("sklearn brute", NearestNeighbors(n_neighbors=10, algorithm="brute",
+                                                         metric=metric))):
         est.fit(X)
         t, _ = median_time(lambda est=est: est.kneighbors(T), repeats)
-        print(f"{name:<14} 60k x 784, 10k queries: {len(T) / t:8,.0f} q/s (median of {repeats})")
+        print(f"{name:<14} {len(X) // 1000}k x {X.shape[1]} {metric}, {len(T) // 1000}k "
+              f"queries: {len(T) / t:8,.0f} q/s (median of {repeats})")
+
+
+def exact_speed_generated(repeats):
+    from skknn.datasets import make_embedding_like
+
+    for n_features, metric in ((32, "euclidean"), (384, "cosine")):
+        data = make_embedding_like(105_000, n_features, random_state=0)[0].astype(np.float32)
+        exact_speed(data[:100_000], data[100_000:], repeats, metric)
 
 
 def peak_memory():
@@ -100,6 +112,7 @@ def main(argv=None):
     X, _, T, _ = load_fashion_mnist()
     print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB)")
     exact_speed(X, T, args.repeats)
+    exact_speed_generated(args.repeats)
     peak_memory()
     first_call(X, T)
     centroid_fit(X)
