@@ -240,7 +240,7 @@ def scan_cells(Q, Z, z_sq, starts, probes, out, best_d):
 # No fastmath: the ranking values are rounded as NumPy's float32 would
 # round them (the margin below is an error bound of those values).
 @numba.njit(cache=True, nogil=True)
-def margin_select(H, alpha, rank_add, select_sub, k, extra, out, threshold):
+def margin_select(H, alpha, rank_add, select_sub, k, extra, out):
     # Per query (row of H, the products q.x): its k-th smallest ranking
     # value alpha h + rank_add, in a sorted list (a cut buffer for large
     # k, as scan_cells); then the rows whose value minus select_sub is
@@ -283,7 +283,6 @@ def margin_select(H, alpha, rank_add, select_sub, k, extra, out, threshold):
         else:
             kth = best[k - 1]
         limit = np.float64(kth) + extra[i]
-        threshold[i] = limit
         c = 0
         for j in range(n):
             value = (np.float32(alpha * h[j]) + rank_add[j]) - select_sub[j]

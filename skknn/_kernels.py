@@ -74,7 +74,7 @@ def load():
             centre(codes, np.zeros(1, dtype=np.float32), np.float32(1.0), np.empty_like(codes),
                    np.empty(1))
             margin(codes, -2.0, np.zeros(1, dtype=np.float32), np.zeros(1, dtype=np.float32), 1,
-                   np.zeros(1), np.empty((1, 1), dtype=np.intp), np.empty(1))
+                   np.zeros(1), np.empty((1, 1), dtype=np.intp))
             _KERNEL = distances, scan, by_mass, centre, margin
     return _KERNEL
 
@@ -160,16 +160,12 @@ def margin_select(H, alpha, rank_add, select_sub, k, extra, width):
         ``width`` of a query keeping more.
     counts : ndarray of shape (n_queries,)
         The number of rows each query keeps.
-    threshold : ndarray of shape (n_queries,)
-        Each query's threshold (float64).
     """
     kernel = load()[4]
     out = np.full((len(H), width), -1, dtype=np.intp)
-    threshold = np.empty(len(H))
     counts = kernel(np.ascontiguousarray(H, dtype=np.float32), float(alpha), rank_add,
-                    select_sub, k, np.ascontiguousarray(extra, dtype=np.float64), out,
-                    threshold)
-    return out, counts, threshold
+                    select_sub, k, np.ascontiguousarray(extra, dtype=np.float64), out)
+    return out, counts
 
 
 def scan_cells(Q, Z, z_sq, starts, probes, n, n_jobs=1, return_values=False):

@@ -201,18 +201,19 @@ def _margin_candidates(space, q, k):
         select_sub = (2 * tol * X.sq).astype(np.float32)
         extra = 2 * tol * q.sq + 2 * space.ABS_SLACK
     width = max(k * _PACKED_PER_NEIGHBOR, k + 64)
-    packed, counts, threshold = margin_select(H, alpha, rank_add, select_sub, k, extra, width)
+    packed, counts = margin_select(H, alpha, rank_add, select_sub, k, extra, width)
     # A query too far out to be ranked in float32 is compared with every row;
-    # one with more candidates than the width gets them found again.
+    # one with more candidates than the width gets them found again, at its
+    # own width.
     far = ~(q.sq <= _RANKABLE_SQ)
     loose = []
     for row in np.flatnonzero(far | (counts > width)):
         if far[row]:
             cols = np.arange(len(X))
         else:
-            with np.errstate(over="ignore", invalid="ignore"):
-                values = (np.float32(alpha) * H[row] + rank_add) - select_sub
-            cols = np.flatnonzero(values <= threshold[row])
+            one = slice(row, row + 1)
+            cols = margin_select(H[one], alpha, rank_add, select_sub, k, extra[one],
+                                 counts[row])[0][0]
         loose.append((row, cols))
         packed[row] = -1
     kept = counts[~far & (counts <= width)]
