@@ -77,7 +77,11 @@ class ShardFanOut:
             live = [f for f in copies if f.status in states]
             if live:
                 return live
-        raise ShardLostError(lost_message(shard, self._global_rows(shard), self._router is None))
+        raise ShardLostError(self._lost_message(shard))
+
+    def _lost_message(self, shard):
+        """What :class:`ShardLostError` says of shard ``shard``."""
+        return lost_message(shard, self._global_rows(shard), self._router is None)
 
     def _spread_copies(self):
         """Spread again copies of one shard that came to share a worker.
@@ -102,10 +106,9 @@ class ShardFanOut:
                 # (The first copy stays: from a dask array, it is the fit.)
                 if r and free and held[r] and held[r] <= seen:
                     lineage = copies[0].key if self._from_dask else None
-                    copies[r] = submit_copy(
-                        client, self._copy_prefixes[i],
-                        lost_message(i, self._global_rows(i), self._router is None),
-                        lineage, lineage, free.pop(0))
+                    copies[r] = submit_copy(client, self._copy_prefixes[i],
+                                            self._lost_message(i), lineage, lineage,
+                                            free.pop(0))
                     moved.append(copies[r])
                     continue
                 seen |= held[r]
