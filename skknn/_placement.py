@@ -25,6 +25,29 @@ _MAX_CENTRES = 128
 _GRAPH_NEIGHBORS = 10
 _GRAPH_ROWS = 5000
 _BATCH = 8192
+# Nearest centres found by passes of argmin up to this many (else a partition).
+_FEW = 8
+
+
+def _smallest(d, n):
+    """The columns of the ``n`` smallest of each row of ``d``, smallest first;
+    ``d`` is overwritten."""
+    if n <= _FEW and np.isfinite(d).all():
+        # A few passes of argmin, each hiding the column it found: several
+        # times faster than a partition and a sort of every row (2 of 128
+        # columns: 1.5 vs 9 ms for 8,192 rows).
+        out, every = np.empty((len(d), n), dtype=np.intp), np.arange(len(d))
+        for j in range(n):
+            out[:, j] = d.argmin(axis=1)
+            d[every, out[:, j]] = np.inf
+        return out
+    # (With an infinite or NaN distance, hiding by inf could pick a column twice.)
+    near = None
+    if n < d.shape[1]:
+        near = np.argpartition(d, n - 1, axis=1)[:, :n]
+        d = np.take_along_axis(d, near, 1)
+    order = np.argsort(d, axis=1, kind="stable")
+    return order if near is None else np.take_along_axis(near, order, 1)
 
 
 def probe_grid(n_centres):
@@ -80,15 +103,7 @@ class ShardRouter:
         for rows in gen_batches(X.shape[0], _BATCH):
             # The row's own squared norm is the same for every centre.
             d = self.centres_sq - self._centre_products(X[rows])
-            if n == 1:
-                out[rows, 0] = d.argmin(axis=1)
-                continue
-            near = None
-            if n < self.n_centres:
-                near = np.argpartition(d, n - 1, axis=1)[:, :n]
-                d = np.take_along_axis(d, near, 1)
-            order = np.argsort(d, axis=1, kind="stable")
-            out[rows] = order if near is None else np.take_along_axis(near, order, 1)
+            out[rows] = _smallest(d, n)
         return out
 
     def visits(self, X, n_probe):
@@ -96,9 +111,10 @@ class ShardRouter:
         n_rows = X.shape[0]
         if n_probe >= self.n_centres:
             return np.ones((n_rows, self.n_shards), dtype=bool)
-        near = self.nearest_centres(X, n_probe)
-        visit = np.zeros((n_rows, self.n_shards), dtype=bool)
-        visit[np.arange(n_rows)[:, None], self.shard_of_centre[near]] = True
+        shards = self.shard_of_centre[self.nearest_centres(X, n_probe)]
+        visit = np.empty((n_rows, self.n_shards), dtype=bool)
+        for shard in range(self.n_shards):
+            np.any(shards == shard, axis=1, out=visit[:, shard])
         return visit
 
     def shard_of(self, X):
