@@ -2,7 +2,9 @@
 
 Each shard may have copies on several workers (``replicas``); tasks run on
 the worker holding the copy they search. A chunk of queries becomes one task
-per shard (:mod:`._shard_tasks`), and the shards' answers are merged. Where a
+per shard it visits (:mod:`._shard_tasks`; with ``placement='clusters'``
+the chunk is routed once, and each shard gets only its own queries), and the
+shards' answers are merged. Where a
 worker is lost during a chunk, the chunk runs again on the copies left; a
 shard with no copy left raises :class:`ShardLostError`, never a partial
 answer. The rows each shard holds map its answers to rows of the whole data.
@@ -15,6 +17,7 @@ import numpy as np
 
 from ._base import query_batches
 from ._dask_setup import _distributed
+from ._kernels import blas_controller
 from ._search import stack_parts
 from ._shard_tasks import (
     ShardLostError,
@@ -27,6 +30,8 @@ from ._shard_tasks import (
     _radius_new,
     _radius_own,
     _reference,
+    _spread,
+    _visits,
     lost_message,
 )
 
@@ -34,6 +39,16 @@ from ._shard_tasks import (
 # shard and chunk): large enough that a task's overhead (~1 ms) is small
 # against its search, small enough to bound each worker's memory.
 _CHUNK_BYTES = 2**25
+
+
+def _new_task(kind):
+    """The task searching new query rows, for ``kind`` 'knn' or 'radius'."""
+    return _knn_new if kind == "knn" else _radius_new
+
+
+def _own_task(kind):
+    """The task searching a shard's own fitted rows, each not its own neighbour."""
+    return _knn_own if kind == "knn" else _radius_own
 
 
 def submit_copy(client, prefix, lost, fitted, lineage, worker):
@@ -133,45 +148,64 @@ class ShardFanOut:
                                    allow_other_workers=True)
 
     def _submit(self, kind, query, k, params):
-        """Tasks of one chunk of queries on every shard (futures, in shard order).
+        """Tasks of one chunk of queries on the shards, in shard order: for
+        each shard, its future (None if no query of the chunk visits it) and
+        the chunk's queries it answers (None: all of them).
 
         ``query`` is ``('new', rows)`` or ``('own', shard, ids)`` (fitted rows
         of one shard, each not its own neighbour). ``kind``: 'knn',
         'reference' or 'radius' (``k`` is then the radius).
         """
         client = self._client
-        router = None
-        if self._router is not None and kind != "reference":
-            router = self._shared_router()
+        routed = self._router is not None and kind != "reference"
         # Chunks take turns over the replicas of each shard: replicas share
         # the queries as well as guarding against a lost worker.
         turn = next(self._turns)
         shards = [live[turn % len(live)] for live in map(self._live, range(self.n_shards_))]
         where = client.who_has(shards)
+        if query[0] == "new" and routed:
+            # Routed here, once: each shard gets only the queries visiting it.
+            # (One BLAS thread: with two, idle BLAS threads spinning here
+            # more than doubled this process's CPU, taken from workers on
+            # the same machine.)
+            with blas_controller().limit(limits=1, user_api="blas"):
+                visits = self._router.visits(query[1], self.coarse_probe_)
+            subsets = [np.flatnonzero(visits[:, i]) for i in range(self.n_shards_)]
+            return [(self._on_shard(_new_task(kind), shard,
+                                    self._scatter(query[1][rows], where, shard), k, params[i],
+                                    who_has=where) if len(rows) else None, rows)
+                    for i, (shard, rows) in enumerate(zip(shards, subsets))]
         if query[0] == "new":
             # Sent where the first shard's copy is (a single shard: no copy further).
-            first, owner = list(where.get(shards[0].key, ())), None
-            try:
-                data = client.scatter(query[1], workers=first or None, hash=False)
-            except KeyError:  # that worker has just left (a lost copy: retried)
-                data = client.scatter(query[1], hash=False)
+            data, owner = self._scatter(query[1], where, shards[0]), None
         else:
             owner, ids = query[1], query[2]
             data = self._on_shard(_fitted_rows, shards[owner], ids, who_has=where)
-        futures = []
+            if routed:
+                # (A fitted row's own shard is always among its visits.)
+                visits = client.submit(_visits, self._shared_router(), data, self.coarse_probe_,
+                                       pure=False, workers=list(where.get(shards[owner].key, ()))
+                                       or None, allow_other_workers=True)
+        tasks = []
         for i, shard in enumerate(shards):
             if kind == "reference":
                 task, args = _reference, (data, k)
+            elif i == owner:
+                task, args = _own_task(kind), (ids, k, params[i])
             else:
-                own = i == owner
-                task = {("knn", False): _knn_new, ("knn", True): _knn_own,
-                        ("radius", False): _radius_new, ("radius", True): _radius_own}[kind, own]
-                args = (ids if own else data, k, params[i])
-                if router is not None and not own:
-                    # (A fitted row's own shard is always among its visits.)
-                    args += ((router, i, self.coarse_probe_),)
-            futures.append(self._on_shard(task, shard, *args, who_has=where))
-        return futures
+                task, args = _new_task(kind), (data, k, params[i])
+                if routed:
+                    args += ((visits, i),)
+            tasks.append((self._on_shard(task, shard, *args, who_has=where), None))
+        return tasks
+
+    def _scatter(self, rows, where, shard):
+        """Query rows sent to the worker(s) holding ``shard`` (a copy)."""
+        holders = list(where.get(shard.key, ()))
+        try:
+            return self._client.scatter(rows, workers=holders or None, hash=False)
+        except KeyError:  # that worker has just left (a lost copy: retried)
+            return self._client.scatter(rows, hash=False)
 
     def _lost(self):
         """The errors by which a task or a transfer reports a lost worker."""
@@ -179,20 +213,23 @@ class ShardFanOut:
         # OSError: the connection to a worker closed while sending to it.
         return CancelledError, distributed.client.FutureCancelledError, OSError
 
-    def _run(self, kind, query, k, params=None, futures=None):
+    def _run(self, kind, query, k, params=None, tasks=None):
         """One chunk of queries on every shard, merged (see :meth:`_submit`).
 
-        ``futures``: its tasks, if already submitted. Where a worker is lost
+        ``tasks``: its tasks, if already submitted. Where a worker is lost
         during the chunk, the chunk is run again on the replicas left; never
         is a partial answer returned.
         """
+        n_queries = query[1].shape[0] if query[0] == "new" else len(query[2])
         for _ in range(sum(len(r) for r in self._shards) + 1):
             try:
-                if futures is None:
-                    futures = self._submit(kind, query, k, params)
-                parts = self._client.gather(futures)
+                if tasks is None:
+                    tasks = self._submit(kind, query, k, params)
+                found = iter(self._client.gather([f for f, _ in tasks if f is not None]))
+                parts = [_spread(kind, None if f is None else next(found), rows, n_queries, k)
+                         for f, rows in tasks]
             except self._lost():
-                futures = None  # again, on the replicas left
+                tasks = None  # again, on the replicas left
                 continue
             if kind == "radius":
                 return _merge_radius(parts, self._maps_of_shards())
@@ -206,16 +243,16 @@ class ShardFanOut:
         pending, depth = deque(), self._copies() + 1
         for query in queries:
             try:
-                futures = self._submit(kind, query, k, params)
+                tasks = self._submit(kind, query, k, params)
             except self._lost():
-                futures = None
-            pending.append((query, futures))
+                tasks = None
+            pending.append((query, tasks))
             if len(pending) >= depth:
-                query, futures = pending.popleft()
-                yield self._run(kind, query, k, params, futures)
+                query, tasks = pending.popleft()
+                yield self._run(kind, query, k, params, tasks)
         while pending:
-            query, futures = pending.popleft()
-            yield self._run(kind, query, k, params, futures)
+            query, tasks = pending.popleft()
+            yield self._run(kind, query, k, params, tasks)
 
     def _copies(self):
         """The fewest live copies of any shard."""

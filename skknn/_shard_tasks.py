@@ -97,13 +97,18 @@ def _fitted_rows(shard, ids):
     return shard._space.fitted_rows(ids).data
 
 
+def _visits(router, X, n_probe):
+    """Whether each row of ``X`` visits each shard (see :mod:`._placement`)."""
+    return router.visits(X, n_probe)
+
+
 def _routed(X, route):
-    """The rows of ``X`` that visit this shard: ``route`` is ``(router, shard,
-    n_probe)`` (see :mod:`._placement`), or None for every row."""
+    """The rows of ``X`` that visit this shard: ``route`` is ``(visits,
+    shard)`` (see :func:`_visits`), or None for every row."""
     if route is None:
         return None
-    router, shard, n_probe = route
-    return np.flatnonzero(router.visits(X, n_probe)[:, shard])
+    visits, shard = route
+    return np.flatnonzero(visits[:, shard])
 
 
 def _knn_new(shard, X, k, params, route=None):
@@ -112,15 +117,31 @@ def _knn_new(shard, X, k, params, route=None):
     With a ``route``, rows that do not visit the shard get no neighbours
     (infinite distances, row -1).
     """
-    k_shard = min(k, shard.n_samples_fit_)
     keep = _routed(X, route)
-    if keep is None:
-        n, rows_of = shard._queries(X)
-        return _padded(*shard._search(rows_of, n, k_shard, params), k)
-    dist, ind = _empty(X.shape[0], k)
-    if len(keep):
-        n, rows_of = shard._queries(X[keep])
-        dist[keep], ind[keep] = _padded(*shard._search(rows_of, n, k_shard, params), k)
+    rows = X if keep is None else X[keep]
+    found = None
+    if rows.shape[0]:
+        n, rows_of = shard._queries(rows)
+        found = _padded(*shard._search(rows_of, n, min(k, shard.n_samples_fit_), params), k)
+    return _spread("knn", found, keep, X.shape[0], k)
+
+
+def _spread(kind, found, rows, n, k):
+    """A shard's answer ``found`` for the rows ``rows`` of a chunk of ``n``
+    queries (None: all of them) as its answer for the whole chunk: the
+    other queries get no neighbours. ``found`` None: none for any."""
+    if found is not None and rows is None:
+        return found
+    if kind == "radius":
+        dists = [np.empty(0)] * n
+        inds = [np.empty(0, dtype=np.intp)] * n
+        if found is not None:
+            for row, d_row, i_row in zip(rows, *found):
+                dists[row], inds[row] = d_row, i_row
+        return dists, inds
+    dist, ind = _empty(n, k)
+    if found is not None:
+        dist[rows], ind[rows] = found
     return dist, ind
 
 
@@ -156,17 +177,12 @@ def _radius_rows(shard, rows_of, n, radius, params, own=None):
 
 def _radius_new(shard, X, radius, params, route=None):
     keep = _routed(X, route)
-    if keep is None:
-        n, rows_of = shard._queries(X)
-        return _radius_rows(shard, rows_of, n, radius, params)
-    dists = [np.empty(0)] * X.shape[0]
-    inds = [np.empty(0, dtype=np.intp)] * X.shape[0]
-    if len(keep):
-        n, rows_of = shard._queries(X[keep])
+    rows = X if keep is None else X[keep]
+    found = None
+    if rows.shape[0]:
+        n, rows_of = shard._queries(rows)
         found = _radius_rows(shard, rows_of, n, radius, params)
-        for row, d_row, i_row in zip(keep, *found):
-            dists[row], inds[row] = d_row, i_row
-    return dists, inds
+    return _spread("radius", found, keep, X.shape[0], None)
 
 
 def _radius_own(shard, ids, radius, params):

@@ -43,6 +43,7 @@ from ._shard_tasks import (
     _radius_new,
     _summary,
     _to_global,
+    _visits,
     lost_message,
 )
 
@@ -579,13 +580,16 @@ default=None
         # the replicas a broadcast made).
         maps = self.shard_offsets_[:-1] if self._router is None else dask.delayed(
             self._router, name=f"skknn-router-{_token()}", traverse=False)
-        routes = [None] * self.n_shards_ if self._router is None else [
-            (maps, i, self.coarse_probe_) for i in range(self.n_shards_)]
         chunks = []
         for turn, (chunk, rows) in enumerate(zip(X.to_delayed().ravel(), X.chunks[0])):
             # One task per shard, where Dask sees the shard is (shards report
             # their size: see SearchBase.__sizeof__), then one to merge;
-            # chunks take turns over the replicas.
+            # chunks take turns over the replicas. With clusters, one task
+            # routes the chunk first.
+            routes = [None] * self.n_shards_
+            if self._router is not None:
+                visits = dask.delayed(_visits, pure=False)(maps, chunk, self.coarse_probe_)
+                routes = [(visits, i) for i in range(self.n_shards_)]
             chunks.append((rows, [
                 dask.delayed(task, pure=False)(copies[turn % len(copies)], chunk, arg, p, route)
                 for copies, p, route in zip(live, params, routes)]))

@@ -144,6 +144,21 @@ def test_merge_breaks_ties_between_shards_by_global_row(rng):
     assert_array_equal(ind, np.take_along_axis(all_ind, expected, 1))
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 9, 16])
+def test_nearest_centres_are_the_smallest_in_order(rng, n):
+    from skknn._placement import _smallest
+
+    # Few distinct values (ties), and rows with an infinite or NaN distance.
+    d = rng.randint(0, 6, (300, 16)).astype(float)
+    d[:5, 3], d[5:8, :4], d[8, 7] = np.inf, np.inf, np.nan
+    got = _smallest(d.copy(), n)
+    assert got.shape == (300, n)
+    assert all(len(set(row)) == n for row in got)
+    # The n smallest of each row with finite distances, ascending.
+    finite = np.isfinite(d).all(axis=1)
+    assert_array_equal(np.take_along_axis(d, got, 1)[finite], np.sort(d[finite], axis=1)[:, :n])
+
+
 def test_shards_hold_contiguous_rows_and_answer_with_global_rows(client, rng):
     X = rng.randn(403, 5)
     ours = ShardedNeighbors(exact_learned(n_neighbors=4), n_shards=3, client=client).fit(X)
@@ -184,13 +199,54 @@ def test_clusters_placement_keeps_neighbourhoods_on_one_shard(client):
     # A shard searches only the queries routed to it (the task, run here).
     from skknn._shard_tasks import _knn_new
 
-    route = (ours._router, 0, ours.coarse_probe_)
+    route = (visits, 0)
     d0, i0 = _knn_new(shards[0], Q, 5, ours.search_params_[0], route)
     assert_array_equal(np.isfinite(d0).all(axis=1), visits[:, 0])
     assert np.all(i0[~visits[:, 0]] == -1) and 0 < visits[:, 0].sum() < len(Q)
     with pytest.raises(ValueError, match=r"coarse_probe_ must be an integer in \[1, "):
         ours.coarse_probe_ = 0
         ours.kneighbors(Q[:2])
+
+
+def test_routed_queries_search_exactly_the_shards_they_visit(client):
+    # Probing one coarse centre, each query visits one shard: NumPy queries
+    # (routed in this process), a dask array's (routed by a task per chunk)
+    # and the fitted rows (routed on their shard's worker) get the exact
+    # neighbours among the rows of the shards they visit, none elsewhere.
+    X = make_blobs_data(n_samples=900, n_features=4, centers=8, seed=3)
+    Q = X[::9] + 0.05
+    ours = ShardedNeighbors(exact_learned(n_neighbors=3, radius=1.0), n_shards=3,
+                            placement="clusters", client=client).fit(X)
+    ours.coarse_probe_ = 1
+    visits = ours._router.visits(Q, 1)
+    assert np.all(visits.sum(axis=1) == 1) and np.all(visits.any(axis=0))
+    shard = visits.argmax(axis=1)
+    rows = ours.shard_rows_
+    want_dist, want_ind = np.empty((len(Q), 3)), np.empty((len(Q), 3), dtype=np.intp)
+    want_radius = []
+    for i, q in enumerate(Q):
+        mine = rows[shard[i]]
+        ref = NearestNeighbors(n_neighbors=3, radius=1.0).fit(X[mine])
+        d, j = ref.kneighbors(q[None])
+        want_dist[i], want_ind[i] = d[0], mine[j[0]]
+        d, j = ref.radius_neighbors(q[None], sort_results=True)
+        want_radius.append((d[0], mine[j[0]]))
+    assert_same_neighbors(*ours.kneighbors(Q), want_dist, want_ind)
+    lazy = ours.kneighbors(da.from_array(Q, chunks=(30, 4)))
+    assert_same_neighbors(lazy[0].compute(), lazy[1].compute(), want_dist, want_ind)
+    # One query: the shards it does not visit get no task.
+    assert_same_neighbors(*ours.kneighbors(Q[:1]), want_dist[:1], want_ind[:1])
+    for got_d, got_i in (ours.radius_neighbors(Q, sort_results=True),
+                         [a.compute() for a in ours.radius_neighbors(
+                             da.from_array(Q, chunks=(30, 4)), sort_results=True)]):
+        for d, j, (w_d, w_j) in zip(got_d, got_i, want_radius):
+            assert_array_equal(j, w_j)
+            assert_allclose(d, w_d)
+    # A fitted row's nearest centre is its shard's: it is searched there only.
+    own_dist, own_ind = ours.kneighbors(n_neighbors=2)
+    for mine in rows:
+        ref = NearestNeighbors(n_neighbors=2).fit(X[mine]).kneighbors()
+        assert_same_neighbors(own_dist[mine], own_ind[mine], ref[0], mine[ref[1]])
 
 
 def test_clusters_placement_from_a_dask_array_and_its_errors(client, rng, monkeypatch):
