@@ -12,6 +12,7 @@ answer. The rows each shard holds map its answers to rows of the whole data.
 
 from collections import deque
 from concurrent.futures import CancelledError
+from operator import getitem
 
 import numpy as np
 
@@ -30,8 +31,8 @@ from ._shard_tasks import (
     _radius_new,
     _radius_own,
     _reference,
+    _split,
     _spread,
-    _visits,
     lost_message,
 )
 
@@ -182,10 +183,12 @@ class ShardFanOut:
             owner, ids = query[1], query[2]
             data = self._on_shard(_fitted_rows, shards[owner], ids, who_has=where)
             if routed:
-                # (A fitted row's own shard is always among its visits.)
-                visits = client.submit(_visits, self._shared_router(), data, self.coarse_probe_,
-                                       pure=False, workers=list(where.get(shards[owner].key, ()))
-                                       or None, allow_other_workers=True)
+                # Routed once, where the rows are; each other shard fetches
+                # its part. (A fitted row's own shard is always among its visits.)
+                there = {"pure": False, "allow_other_workers": True,
+                         "workers": list(where.get(shards[owner].key, ())) or None}
+                split = client.submit(_split, self._shared_router(), data, self.coarse_probe_,
+                                      **there)
         tasks = []
         for i, shard in enumerate(shards):
             if kind == "reference":
@@ -193,9 +196,8 @@ class ShardFanOut:
             elif i == owner:
                 task, args = _own_task(kind), (ids, k, params[i])
             else:
-                task, args = _new_task(kind), (data, k, params[i])
-                if routed:
-                    args += ((visits, i),)
+                part = client.submit(getitem, split, i, **there) if routed else data
+                task, args = _new_task(kind), (part, k, params[i])
             tasks.append((self._on_shard(task, shard, *args, who_has=where), None))
         return tasks
 

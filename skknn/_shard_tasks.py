@@ -97,33 +97,35 @@ def _fitted_rows(shard, ids):
     return shard._space.fitted_rows(ids).data
 
 
-def _visits(router, X, n_probe):
-    """Whether each row of ``X`` visits each shard (see :mod:`._placement`)."""
-    return router.visits(X, n_probe)
+def _split(router, X, n_probe):
+    """A chunk of query rows ``X``, routed once (see :mod:`._placement`): for
+    each shard, ``(rows, X[rows], n)``: the ``rows`` visiting it, among the
+    chunk's ``n``."""
+    visits = router.visits(X, n_probe)
+    picked = [np.flatnonzero(visits[:, shard]) for shard in range(router.n_shards)]
+    return [(rows, X[rows], X.shape[0]) for rows in picked]
 
 
-def _routed(X, route):
-    """The rows of ``X`` that visit this shard: ``route`` is ``(visits,
-    shard)`` (see :func:`_visits`), or None for every row."""
-    if route is None:
-        return None
-    visits, shard = route
-    return np.flatnonzero(visits[:, shard])
+def _unpack(X):
+    """Query rows ``X``: an array (a whole chunk), or a shard's part of a
+    chunk from :func:`_split`; as ``(rows, array, n)``, ``rows`` None for all."""
+    return X if isinstance(X, tuple) else (None, X, X.shape[0])
 
 
-def _knn_new(shard, X, k, params, route=None):
+def _knn_new(shard, X, k, params):
     """Top ``k`` of query rows ``X`` in this shard: float64 distances, shard rows.
 
-    With a ``route``, rows that do not visit the shard get no neighbours
-    (infinite distances, row -1).
+    ``X`` may be this shard's part of a chunk (:func:`_split`): the answer is
+    for the whole chunk, and its other rows get no neighbours (infinite
+    distances, row -1).
     """
-    keep = _routed(X, route)
-    rows = X if keep is None else X[keep]
+    rows, X, n = _unpack(X)
     found = None
-    if rows.shape[0]:
-        n, rows_of = shard._queries(rows)
-        found = _padded(*shard._search(rows_of, n, min(k, shard.n_samples_fit_), params), k)
-    return _spread("knn", found, keep, X.shape[0], k)
+    if X.shape[0]:
+        n_rows, rows_of = shard._queries(X)
+        found = _padded(*shard._search(rows_of, n_rows, min(k, shard.n_samples_fit_), params),
+                        k)
+    return _spread("knn", found, rows, n, k)
 
 
 def _spread(kind, found, rows, n, k):
@@ -175,14 +177,14 @@ def _radius_rows(shard, rows_of, n, radius, params, own=None):
     return dists, inds
 
 
-def _radius_new(shard, X, radius, params, route=None):
-    keep = _routed(X, route)
-    rows = X if keep is None else X[keep]
+def _radius_new(shard, X, radius, params):
+    """Neighbours within ``radius`` of query rows ``X`` (see :func:`_knn_new`)."""
+    rows, X, n = _unpack(X)
     found = None
-    if rows.shape[0]:
-        n, rows_of = shard._queries(rows)
-        found = _radius_rows(shard, rows_of, n, radius, params)
-    return _spread("radius", found, keep, X.shape[0], None)
+    if X.shape[0]:
+        n_rows, rows_of = shard._queries(X)
+        found = _radius_rows(shard, rows_of, n_rows, radius, params)
+    return _spread("radius", found, rows, n, None)
 
 
 def _radius_own(shard, ids, radius, params):

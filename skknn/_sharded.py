@@ -41,9 +41,9 @@ from ._shard_tasks import (
     _merge_knn,
     _radius_chunk,
     _radius_new,
+    _split,
     _summary,
     _to_global,
-    _visits,
     lost_message,
 )
 
@@ -563,8 +563,9 @@ default=None
 
     def _lazy_chunks(self, X, task, arg, params):
         """Per chunk of the dask array ``X``: its rows, and the delayed answers
-        of ``task(shard, chunk, arg, params, route)`` on every shard; then the
-        maps of the shards' rows (for the merge)."""
+        of ``task(shard, chunk, arg, params)`` on every shard (with clusters,
+        the shard's part of the chunk rather than the chunk); then the maps of
+        the shards' rows (for the merge)."""
         import dask
 
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
@@ -585,14 +586,14 @@ default=None
             # One task per shard, where Dask sees the shard is (shards report
             # their size: see SearchBase.__sizeof__), then one to merge;
             # chunks take turns over the replicas. With clusters, one task
-            # routes the chunk first.
-            routes = [None] * self.n_shards_
+            # routes the chunk first, and each shard gets its part of it.
+            parts = [chunk] * self.n_shards_
             if self._router is not None:
-                visits = dask.delayed(_visits, pure=False)(maps, chunk, self.coarse_probe_)
-                routes = [(visits, i) for i in range(self.n_shards_)]
+                parts = dask.delayed(_split, pure=False, nout=self.n_shards_)(
+                    maps, chunk, self.coarse_probe_)
             chunks.append((rows, [
-                dask.delayed(task, pure=False)(copies[turn % len(copies)], chunk, arg, p, route)
-                for copies, p, route in zip(live, params, routes)]))
+                dask.delayed(task, pure=False)(copies[turn % len(copies)], part, arg, p)
+                for copies, p, part in zip(live, params, parts)]))
         return chunks, maps
 
     def _lazy_answers(self, X, task, arg, params, merge, merge_args, shape, dtypes):

@@ -199,8 +199,8 @@ def test_clusters_placement_keeps_neighbourhoods_on_one_shard(client):
     # A shard searches only the queries routed to it (the task, run here).
     from skknn._shard_tasks import _knn_new
 
-    route = (visits, 0)
-    d0, i0 = _knn_new(shards[0], Q, 5, ours.search_params_[0], route)
+    rows = np.flatnonzero(visits[:, 0])
+    d0, i0 = _knn_new(shards[0], (rows, Q[rows], len(Q)), 5, ours.search_params_[0])
     assert_array_equal(np.isfinite(d0).all(axis=1), visits[:, 0])
     assert np.all(i0[~visits[:, 0]] == -1) and 0 < visits[:, 0].sum() < len(Q)
     with pytest.raises(ValueError, match=r"coarse_probe_ must be an integer in \[1, "):
