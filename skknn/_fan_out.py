@@ -170,12 +170,10 @@ class ShardFanOut:
             # more than doubled this process's CPU, taken from workers on
             # the same machine.)
             with blas_controller().limit(limits=1, user_api="blas"):
-                visits = self._router.visits(query[1], self.coarse_probe_)
-            subsets = [np.flatnonzero(visits[:, i]) for i in range(self.n_shards_)]
-            return [(self._on_shard(_new_task(kind), shard,
-                                    self._scatter(query[1][rows], where, shard), k, params[i],
-                                    who_has=where) if len(rows) else None, rows)
-                    for i, (shard, rows) in enumerate(zip(shards, subsets))]
+                parts = _split(self._router, query[1], self.coarse_probe_)
+            return [(self._on_shard(_new_task(kind), shard, self._scatter(part, where, shard),
+                                    k, params[i], who_has=where) if len(rows) else None, rows)
+                    for i, (shard, (rows, part, _)) in enumerate(zip(shards, parts))]
         if query[0] == "new":
             # Sent where the first shard's copy is (a single shard: no copy further).
             data, owner = self._scatter(query[1], where, shards[0]), None

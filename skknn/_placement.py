@@ -33,9 +33,9 @@ def _smallest(d, n):
     """The columns of the ``n`` smallest of each row of ``d``, smallest first;
     ``d`` is overwritten."""
     if n <= _FEW and np.isfinite(d).all():
-        # A few passes of argmin, each hiding the column it found: several
-        # times faster than a partition and a sort of every row (2 of 128
-        # columns: 1.5 vs 9 ms for 8,192 rows).
+        # A few passes of argmin, each hiding the column it found: faster
+        # than a partition and a sort of every row (2 of 128 columns, 8,192
+        # rows: 1.4-2.0 ms, against 5.7-7.5 ms for the partition alone).
         out, every = np.empty((len(d), n), dtype=np.intp), np.arange(len(d))
         for j in range(n):
             out[:, j] = d.argmin(axis=1)

@@ -119,13 +119,17 @@ def _knn_new(shard, X, k, params):
     for the whole chunk, and its other rows get no neighbours (infinite
     distances, row -1).
     """
+    k_shard = min(k, shard.n_samples_fit_)
+    return _answer_part(shard, X, "knn", k, lambda n, rows_of: _padded(
+        *shard._search(rows_of, n, k_shard, params), k))
+
+
+def _answer_part(shard, X, kind, k, search):
+    """``search(n, rows_of)`` of the query rows ``X`` in this shard (see
+    :func:`_unpack`), spread over the whole chunk (see :func:`_spread`)."""
     rows, X, n = _unpack(X)
-    found = None
-    if X.shape[0]:
-        n_rows, rows_of = shard._queries(X)
-        found = _padded(*shard._search(rows_of, n_rows, min(k, shard.n_samples_fit_), params),
-                        k)
-    return _spread("knn", found, rows, n, k)
+    found = search(*shard._queries(X)) if X.shape[0] else None
+    return _spread(kind, found, rows, n, k)
 
 
 def _spread(kind, found, rows, n, k):
@@ -179,12 +183,8 @@ def _radius_rows(shard, rows_of, n, radius, params, own=None):
 
 def _radius_new(shard, X, radius, params):
     """Neighbours within ``radius`` of query rows ``X`` (see :func:`_knn_new`)."""
-    rows, X, n = _unpack(X)
-    found = None
-    if X.shape[0]:
-        n_rows, rows_of = shard._queries(X)
-        found = _radius_rows(shard, rows_of, n_rows, radius, params)
-    return _spread("radius", found, rows, n, None)
+    return _answer_part(shard, X, "radius", None, lambda n, rows_of: _radius_rows(
+        shard, rows_of, n, radius, params))
 
 
 def _radius_own(shard, ids, radius, params):
