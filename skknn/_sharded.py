@@ -268,6 +268,14 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
         from_dask = _is_dask_array(X)
         if from_dask:
             X = _check_dask_array(X)
+            if np.isnan(X.shape[0]):
+                X = X.compute_chunk_sizes()
+            for size, what in zip(X.shape, ("sample(s)", "feature(s)")):
+                if size == 0:
+                    raise ValueError(
+                        f"Found array with 0 {what} (shape={X.shape}) while a minimum of 1 "
+                        "is required by ShardedNeighbors."
+                    )
             self.n_features_in_ = X.shape[1]
         else:
             X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
@@ -568,10 +576,16 @@ default=None
         the shards' rows (for the merge)."""
         import dask
 
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+        X = _check_dask_array(X)
+        if X.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has shape {X.shape}, but ShardedNeighbors is expecting "
                 f"{self.n_features_in_} features as input."
+            )
+        if X.shape[0] == 0:
+            raise ValueError(
+                f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is "
+                "required by ShardedNeighbors."
             )
         X = X.rechunk({1: -1})
         live = [self._live(i) for i in range(self.n_shards_)]
@@ -677,11 +691,14 @@ default=None
 
 
 def _check_dask_array(X):
-    """A 2D float dask array with known chunk sizes."""
+    """A 2D dask array of float32 or float64; other real dtypes are cast to
+    float64, as ``check_array`` casts NumPy arrays. (Its values are checked
+    by the tasks that read them.)"""
     if X.ndim != 2:
         raise ValueError(f"Expected a 2D dask array, got shape {X.shape}.")
-    if np.isnan(X.shape[0]):
-        X = X.compute_chunk_sizes()
+    if np.issubdtype(X.dtype, np.complexfloating):
+        # Cast to float64, the imaginary parts would be dropped on the workers.
+        raise ValueError(f"Complex data not supported: the dask array has dtype {X.dtype}.")
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
     return X

@@ -309,6 +309,19 @@ def test_dask_array_fit_and_lazy_dask_queries(client, rng):
     assert_array_equal(np_ind, ind.compute())
     with pytest.raises(ValueError, match="expecting 8 features"):
         ours.kneighbors(da.zeros((5, 3), chunks=5))
+    # Integer queries are cast as NumPy ones are; bad dask arrays are refused
+    # before any task runs, as check_array refuses NumPy ones.
+    Qi = (Q[:40] * 10).astype(int)
+    assert_array_equal(ours.kneighbors(da.from_array(Qi, chunks=16))[1].compute(),
+                       ours.kneighbors(Qi)[1])
+    for bad, message in [(Qd + 1j, "Complex data not supported"),
+                         (Qd[:0], "0 sample"), (Qd[0], "Expected a 2D dask array")]:
+        with pytest.raises(ValueError, match=message):
+            ours.kneighbors(bad)
+    for bad, message in [(Xd + 1j, "Complex data not supported"),  # not its real part
+                         (Xd[:0], "0 sample"), (Xd[:, :0], "0 feature")]:
+        with pytest.raises(ValueError, match=message):
+            ShardedNeighbors(exact_learned(), n_shards=1, client=client).fit(bad)
 
 
 @pytest.mark.parametrize("placement", ["rows", "clusters"])
