@@ -388,13 +388,14 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstim
         # ranking rows, error bound or kernel with the searches it measures.
         q = self._space.fitted_rows(eval_rows)
         dist, ind = reference_kneighbors(self._space, q, k + 1)
-        exact, _ = drop_self(dist, self._space.to_ids(ind), eval_rows)
+        exact, exact_ind = drop_self(dist, self._space.to_ids(ind), eval_rows)
         if self.target_recall is None:
             efforts = [self._default_search_params()]
 
         def measure(params):
             found = self._search(q.__getitem__, len(q), k + 1, params, self_included=True)
-            return recall_at_k(drop_self(*found, eval_rows)[0], exact)
+            found, found_ind = drop_self(*found, eval_rows)
+            return recall_at_k(found, exact, approx_ind=found_ind, exact_ind=exact_ind)
 
         self.search_params_, self.recall_ = first_reaching(
             type(self).__name__, efforts, measure, self.target_recall, k, self._log)

@@ -226,8 +226,12 @@ def reference_kneighbors(space, q, k):
     Used to measure ``recall_``: it shares neither the float32 ranking rows
     nor their error bound nor the compiled kernel with the searches it
     measures. Dot-product metrics: float64 expanded distances of centred
-    (cosine: unit) rows select ``k`` plus a few per query, merged over chunks
-    of fitted rows; their distances are then recomputed from differences.
+    (cosine: unit) rows, lowered by their own error bound, select ``k`` plus
+    a few per query, merged over chunks of fitted rows; their distances are
+    then recomputed from differences. Where the bounds cannot vouch for a
+    query's selection (neighbours closer than float64 cancellation resolves,
+    e.g. cosine distances of 1e-15), every row the bounds leave in doubt is
+    recomputed too.
     """
     X = space.fitted.data
     metric = space.metric
@@ -236,26 +240,77 @@ def reference_kneighbors(space, q, k):
     n_select = min(len(X), k + _EXTRA_SELECTED)
     Qp = _prepare64(space, q.data)
     q_sq = np.einsum("ij,ij->i", Qp, Qp)
+    x_sq = np.empty(len(X))
 
-    def ranking(chunk):
-        # Squared distances of centred rows; for cosine 2 - 2 cos of unit
-        # rows, which is 2 (cosine distance 1) for a row without direction.
-        Xp = _prepare64(space, X[chunk])
-        D = Qp @ Xp.T
-        D *= -2.0
-        if metric.name == "cosine":
-            return D + 2.0
-        D += q_sq[:, None]
-        D += np.einsum("ij,ij->i", Xp, Xp)[None, :]
-        return D
+    def lower(chunk):
+        low, x_sq[chunk] = _lower_bounds(space, Qp, q_sq, X[chunk])
+        return low
 
-    _, ind = _merge_over_rows(q.data, len(X), n_select, ranking)
+    low, ind = _merge_over_rows(q.data, len(X), n_select, lower)
     # Queries in chunks: the float64 rows of their selected pairs (and
     # differences) stay within the chunk budget.
     dist = np.empty(ind.shape)
     for rows in _query_batches(len(ind), 3 * 8 * n_select * X.shape[1]):
         dist[rows] = metric.paired(q.data[rows, None, :], X[ind[rows]])
-    return _sorted_topk(dist, ind, k)
+    # The k-th smallest upper bound of the selected rows is at least the
+    # exact k-th value; rows left out have lower bounds of low[:, -1] on.
+    upper = low + 2 * _reference_tol(X.shape[1]) * (q_sq[:, None] + x_sq[ind])
+    upper_k = np.partition(upper, k - 1, axis=1)[:, k - 1]
+    dist, ind = _sorted_topk(dist, ind, k)
+    if n_select == len(X):
+        return dist, ind
+    unsure = np.flatnonzero(~(low[:, -1] > upper_k))
+    if len(unsure):
+        dist[unsure], ind[unsure] = _within_bounds(space, q.data[unsure], Qp[unsure],
+                                                   q_sq[unsure], upper_k[unsure], k)
+    return dist, ind
+
+
+def _reference_tol(n_features):
+    """Relative error bound of float64 expanded values of prepared rows: the
+    products (``n_features`` terms) and the preparation (centring, unit rows),
+    with a factor 2 to spare; times ``|q|^2 + |x|^2``."""
+    return 2 * (n_features + 16) * float(np.finfo(np.float64).eps)
+
+
+def _lower_bounds(space, Qp, q_sq, A):
+    """Lower bounds of the exact expanded values of the prepared queries
+    ``Qp`` against rows ``A`` (squared distances of centred rows; for cosine
+    ``2 - 2 cos`` of unit rows, 2 for a row without direction), and the
+    prepared rows' squared norms."""
+    Ap = _prepare64(space, A)
+    a_sq = np.einsum("ij,ij->i", Ap, Ap)
+    tol = _reference_tol(A.shape[1])
+    D = Qp @ Ap.T
+    D *= -2.0
+    if space.metric.name == "cosine":
+        D += 2.0
+        D -= tol * q_sq[:, None]
+        D -= tol * a_sq[None, :]
+    else:
+        D += (1 - tol) * q_sq[:, None]
+        D += (1 - tol) * a_sq[None, :]
+    return D, a_sq
+
+
+def _within_bounds(space, Q, Qp, q_sq, upper_k, k):
+    """Exact top-``k`` of each query among the rows whose lower bound is at
+    most its ``upper_k`` (NaN counts as within), merged over chunks of rows."""
+    X = space.fitted.data
+    dist = np.full((len(Q), k), np.inf)
+    ind = np.full((len(Q), k), -1, dtype=np.intp)
+    chunk = max(1, int(_MAX_CHUNK_BYTES // (8 * (X.shape[1] + 3 * len(Q)))))
+    pair_batch = max(1, int(_MAX_CHUNK_BYTES // (24 * X.shape[1])))
+    for rows in gen_batches(len(X), chunk):
+        low = _lower_bounds(space, Qp, q_sq, X[rows])[0]
+        which, cols = np.nonzero(~(low > upper_k[:, None]))
+        D = np.full(low.shape, np.inf)
+        for pairs in gen_batches(len(which), pair_batch):
+            w, c = which[pairs], cols[pairs]
+            D[w, c] = space.metric.paired(Q[w], X[rows.start + c])
+        d, i = _sorted_topk(D, np.broadcast_to(np.arange(rows.start, rows.stop), D.shape), k)
+        dist, ind = _sorted_topk(np.hstack([dist, d]), np.hstack([ind, i]), k)
+    return dist, ind
 
 
 def _prepare64(space, A):
@@ -443,7 +498,7 @@ def drop_self(dist, ind, self_ids):
     return dist[keep].reshape(shape), ind[keep].reshape(shape)
 
 
-def recall_at_k(approx_dist, exact_dist, rtol=None):
+def recall_at_k(approx_dist, exact_dist, rtol=None, approx_ind=None, exact_ind=None):
     """Mean fraction of true ``k`` nearest neighbours that were returned.
 
     Counted by distance, so that a tie with the exact ``k``-th neighbour
@@ -456,6 +511,12 @@ def recall_at_k(approx_dist, exact_dist, rtol=None):
     default 4 epsilons of the coarser of the two float dtypes (1e-9 for
     float64): float32 distances compared with a float64 reference carry
     float32 rounding.
+
+    Given the indices of both answers, a returned row of the exact answer
+    counts as found whatever its distances: two exact computations of one
+    distance (a compiled kernel and NumPy) may differ by more than ``rtol``
+    where distances are near the limit of float64 (cosine distances of
+    1e-20 are known to about 1e-6).
     """
     if exact_dist.size == 0:
         return 1.0
@@ -467,4 +528,7 @@ def recall_at_k(approx_dist, exact_dist, rtol=None):
     finite = np.isfinite(kth)
     scale = float(np.abs(kth[finite]).max()) if finite.any() else 0.0
     hit = approx_dist <= kth + rtol * (np.abs(kth) + scale)
+    if approx_ind is not None and exact_ind is not None:
+        same = approx_ind[:, :, None] == exact_ind[:, None, :]
+        hit |= same.any(axis=2) & (approx_ind >= 0)
     return float(np.mean(hit.sum(axis=1) / exact_dist.shape[1]))

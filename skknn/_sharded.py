@@ -459,7 +459,8 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
 
         def measure(level):
             self.search_params_, self.coarse_probe_ = level
-            return recall_at_k(self._kneighbors_rows(held_out, k, level[0])[0], exact_dist)
+            dist, ind = self._kneighbors_rows(held_out, k, level[0])
+            return recall_at_k(dist, exact_dist, approx_ind=ind, exact_ind=exact_ind)
 
         (self.search_params_, self.coarse_probe_), self.recall_ = first_reaching(
             "ShardedNeighbors", levels, measure, target, k)

@@ -210,6 +210,63 @@ def test_recall_reference_does_not_share_the_exact_search(monkeypatch):
     assert nn.recall_ < 0.2
 
 
+def _cancelling(name):
+    """Data whose neighbours are closer than float64 expanded distances resolve."""
+    base = np.random.RandomState(0).randn(2000, 16)
+    return {
+        "far clusters": ("euclidean", np.vstack([base[:1000] * 1e-4 + 1e5,
+                                                 base[1000:] * 1e-4 - 1e5])),
+        "far outlier": ("euclidean", np.vstack([base[1:] * 1e-3 + 5.0, np.full((1, 16), 1e8)])),
+        "cosine float64": ("cosine", base * 1e-6 + 1e4),
+        "cosine float32": ("cosine", (base * 0.1 + 1e7).astype(np.float32)),
+    }[name]
+
+
+def _brute_force_longdouble(X, rows, k, metric):
+    """Top-k of X's rows ``rows`` among X, from differences in long double."""
+    A = X.astype(np.longdouble)
+    if metric == "cosine":
+        A /= np.sqrt(np.einsum("ij,ij->i", A, A))[:, None]
+    D = np.array([np.einsum("ij,ij->i", A - A[r], A - A[r]) for r in rows])
+    D = D / 2 if metric == "cosine" else np.sqrt(D)
+    ind = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(D, ind, axis=1).astype(np.float64), ind
+
+
+@pytest.mark.parametrize("name", ["far clusters", "far outlier", "cosine float64",
+                                  "cosine float32"])
+def test_recall_reference_is_exact_where_float64_cancels(name):
+    from skknn._metrics import Space, resolve_metric
+    from skknn._search import reference_kneighbors
+
+    metric, X = _cancelling(name)
+    space = Space(resolve_metric(metric), X)
+    rows = np.arange(0, len(X), 9)
+    dist, ind = reference_kneighbors(space, space.fitted_rows(rows), 11)
+    # Cosine distances of 1e-20 are known to ~1e-6 from float64 unit rows.
+    assert_exact(dist, ind, *_brute_force_longdouble(X, rows, 11, metric), 1e-5,
+                 ("the recall reference", "long double brute force"))
+    # The exact search measured against it: its kernel rounds those cosine
+    # distances otherwise (recall_ was 0.98 by distances alone).
+    exact = LearnedNeighbors(10, embedder="passthrough", backend="brute", metric=metric)
+    assert exact.fit(X).recall_ == 1.0
+
+
+@pytest.mark.parametrize("name", ["far clusters", "cosine float64"])
+def test_recall_is_honest_where_float64_cancels(name):
+    # The float64 reference used to select by expanded distances alone:
+    # recall_ was 1.0 here against a true 0.10 (far clusters) or 0.35.
+    from skknn._search import recall_at_k
+
+    metric, X = _cancelling(name)
+    nn = LearnedNeighbors(10, embedder=PCA(4, random_state=0), metric=metric,
+                          random_state=0).fit(X)
+    exact = LearnedNeighbors(10, embedder="passthrough", backend="brute", metric=metric).fit(X)
+    true_recall = recall_at_k(nn.kneighbors()[0].astype(np.float64),
+                              exact.kneighbors()[0].astype(np.float64))
+    assert true_recall < 0.5 and abs(nn.recall_ - true_recall) < 0.05
+
+
 # -------------------------------------------------------------- atomic fit
 class _Interrupt(BaseException):
     pass

@@ -207,6 +207,21 @@ def test_recall_of_float32_distances_against_a_float64_reference():
     assert recall_at_k(worse.astype(np.float32), exact) == pytest.approx(0.9)
 
 
+def test_recall_counts_rows_of_the_exact_answer_whatever_their_distances():
+    # Two exact computations of one distance may differ beyond rtol (cosine
+    # distances near 1e-20): a returned row of the exact answer is found; a
+    # row outside it is found only by its distance; -1 (no row) never.
+    exact_dist, exact_ind = np.array([[1.0, 2.0]]), np.array([[4, 7]])
+    approx_dist = np.array([[1.0, 2.0 + 1e-6]])
+    assert recall_at_k(approx_dist, exact_dist) == 0.5
+    assert recall_at_k(approx_dist, exact_dist, approx_ind=np.array([[4, 7]]),
+                       exact_ind=exact_ind) == 1.0
+    assert recall_at_k(approx_dist, exact_dist, approx_ind=np.array([[4, 8]]),
+                       exact_ind=exact_ind) == 0.5
+    assert recall_at_k(np.array([[1.0, 5.0]]), exact_dist, approx_ind=np.array([[4, -1]]),
+                       exact_ind=np.array([[4, -1]])) == 0.5
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine", "manhattan",
                                     "chebyshev", "minkowski"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
