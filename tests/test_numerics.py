@@ -267,6 +267,21 @@ def test_recall_is_honest_where_float64_cancels(name):
     assert true_recall < 0.5 and abs(nn.recall_ - true_recall) < 0.05
 
 
+@pytest.mark.parametrize("make", [
+    lambda: LearnedNeighbors(10, embedder=PCA(4, random_state=0), random_state=0),
+    lambda: ClusterFilteredKNN(10, router="centroid", random_state=0),
+])
+def test_recall_is_honest_with_an_outlier(make):
+    # One row at 1e8 among rows 0.004 apart: recall_ read 1.0 (true 0.04 and
+    # 0.90) when its k-th distance set the tolerance of every tie.
+    _, X = _cancelling("far outlier")
+    nn = make().fit(X)
+    exact = LearnedNeighbors(10, embedder="passthrough", backend="brute").fit(X)
+    ind, exact_ind = nn.kneighbors(return_distance=False), exact.kneighbors()[1]
+    true_recall = (ind[:, :, None] == exact_ind[:, None, :]).any(axis=2).mean()
+    assert true_recall < 0.95 and abs(nn.recall_ - true_recall) < 0.03
+
+
 # -------------------------------------------------------------- atomic fit
 class _Interrupt(BaseException):
     pass

@@ -207,6 +207,14 @@ def test_recall_of_float32_distances_against_a_float64_reference():
     assert recall_at_k(worse.astype(np.float32), exact) == pytest.approx(0.9)
 
 
+def test_recall_tolerance_is_not_widened_by_a_far_query():
+    # One outlier query's k-th distance (4e8) must not make a near miss
+    # (0.004 against 0.0035) of the other queries a tie.
+    exact = np.array([[0.0030, 0.0035], [0.0030, 0.0035], [1e8, 4e8]])
+    approx = np.array([[0.0030, 0.0040], [0.0030, 0.0035], [1e8, 4e8]])
+    assert recall_at_k(approx, exact) == pytest.approx(5 / 6)
+
+
 def test_recall_counts_rows_of_the_exact_answer_whatever_their_distances():
     # Two exact computations of one distance may differ beyond rtol (cosine
     # distances near 1e-20): a returned row of the exact answer is found; a
