@@ -106,7 +106,10 @@ class ShardFanOut:
         holding another copy of the shard (one object then), and a second
         loss would take both. Before a query, once the recoveries under way
         have ended, such a copy is made again on a worker holding none of
-        the shard, if there is one. One scheduler call when all are apart.
+        the shard, if there is one. So is a copy held on such a worker and
+        elsewhere too (a task that ran away from it): Dask's memory manager
+        later keeps one of its replicas, and may keep the shared one. One
+        scheduler call when all are apart.
         """
         if self.replicas == 1:
             return
@@ -120,7 +123,7 @@ class ShardFanOut:
             free, seen = sorted(workers.difference(*held)), set()
             for r in range(len(copies)):
                 # (The first copy stays: from a dask array, it is the fit.)
-                if r and free and held[r] and held[r] <= seen:
+                if r and free and held[r] & seen:
                     lineage = copies[0].key if self._from_dask else None
                     copies[r] = submit_copy(client, self._copy_prefixes[i],
                                             self._lost_message(i), lineage, lineage,
