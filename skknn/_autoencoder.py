@@ -24,6 +24,7 @@ from ._keras import (
     draw_seed,
     fit_scaling,
     import_keras,
+    inlier_rows,
     pairwise_distances,
     train,
     training_params,
@@ -79,7 +80,10 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     Attributes
     ----------
     mean_ : ndarray of shape (`n_features_in_`,)
-        Per-feature mean used for standardisation.
+        Per-feature mean used for standardisation, of the rows trained on:
+        every row but far outliers, rows more than 100 times farther from the
+        coordinate-wise median than the median row (their codes are
+        extrapolated; ordinary data have none).
     scale_ : float
         Overall standard deviation used for standardisation (1 for constant
         data).
@@ -178,6 +182,10 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         X = validate_data(self, X, dtype=[np.float64, np.float32])
         hidden = check_hidden_sizes(self.hidden_layer_sizes)
         rng = check_random_state(self.random_state)
+        # Far outliers neither set the scaling nor train (their codes are
+        # extrapolated); ordinary data have none.
+        inliers = inlier_rows(X)
+        X = X if inliers is None else X[inliers]
         self.mean_, self.scale_ = fit_scaling(X)
         Xs = self._standardise(X).astype(np.float32)
 

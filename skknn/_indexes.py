@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from ._keras import inlier_rows
 from ._kernels import scan_cells
 from ._search import block_topk
 
@@ -77,7 +78,7 @@ class BruteIndex:
 
     def build(self, Z):
         # Centred, as in IVFIndex: the ranking uses |z|^2 - 2 q.z in float32.
-        self._offset = Z.mean(axis=0, dtype=np.float64)
+        self._offset = _code_centre(Z)
         self._Z = _centred(Z, self._offset)
         self._sqnorm = np.einsum("ij,ij->i", self._Z, self._Z)
         return self
@@ -109,7 +110,7 @@ class IVFIndex:
         rng = np.random.RandomState(self.seed)
         # Centred codes: the scan ranks them by |z|^2 - 2 q.z in float32,
         # which loses every digit for codes far from the origin.
-        self._offset = Z.mean(axis=0, dtype=np.float64)
+        self._offset = _code_centre(Z)
         Z = _centred(Z, self._offset)
         sample = Z
         if n_codes > _IVF_SAMPLE_PER_CELL * n_cells:
@@ -295,6 +296,15 @@ class AnnoyIndex:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._index = self._build(self._codes)
+
+
+def _code_centre(Z):
+    """The mean code, of the codes that are not far outliers (see
+    :func:`._keras.inlier_rows`): an outlier's code (1e11 among codes ~1)
+    would move the mean so far that float32 codes centred on it all round
+    to the same values."""
+    inliers = inlier_rows(Z)
+    return (Z if inliers is None else Z[inliers]).mean(axis=0, dtype=np.float64)
 
 
 def _centred(Z, offset):

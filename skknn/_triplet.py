@@ -26,6 +26,7 @@ from ._keras import (
     draw_seed,
     fit_scaling,
     import_keras,
+    inlier_rows,
     pairwise_distances,
     train,
     training_params,
@@ -187,7 +188,10 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     classes_ : ndarray of shape (n_classes,)
         The class labels.
     mean_ : ndarray of shape (`n_features_in_`,)
-        Per-feature mean used for standardisation.
+        Per-feature mean used for standardisation, of the rows trained on:
+        every row but far outliers, rows more than 100 times farther from the
+        coordinate-wise median than the median row (their codes are
+        extrapolated; ordinary data have none).
     scale_ : float
         Overall standard deviation used for standardisation.
     history_ : dict of list of float
@@ -320,6 +324,11 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             )
         hidden = check_hidden_sizes(self.hidden_layer_sizes)
         rng = check_random_state(self.random_state)
+        # Far outliers neither set the scaling nor train (as for the
+        # autoencoder), unless that would leave fewer than 2 classes.
+        inliers = inlier_rows(X)
+        if inliers is not None and len(np.unique(codes[inliers])) >= 2:
+            X, codes = X[inliers], codes[inliers]
         self.mean_, self.scale_ = fit_scaling(X)
         Xs = self._standardise(X).astype(np.float32)
         model = build_mlp(

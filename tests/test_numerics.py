@@ -282,6 +282,34 @@ def test_recall_is_honest_with_an_outlier(make):
     assert true_recall < 0.95 and abs(nn.recall_ - true_recall) < 0.03
 
 
+def test_an_outlier_neither_scales_nor_trains_the_networks():
+    from sklearn.datasets import make_blobs
+
+    from skknn._indexes import BruteIndex
+    from skknn._keras import inlier_rows
+
+    # Ordinary data have no such outlier: their fits are as without the check.
+    assert inlier_rows(load_digits().data) is None
+    assert inlier_rows(make_blobs(5000, 12, centers=8, random_state=0)[0]) is None
+    _, X = _cancelling("far outlier")
+    assert_array_equal(np.flatnonzero(~inlier_rows(X)), [len(X) - 1])
+    # The autoencoder's scale is that of the other rows, and the index's
+    # centre their mean: recall was 0.045 (codes and rows collapsed in float32).
+    ae = AutoencoderEmbedder(**dict(FAST_AE, n_components=8, epochs=5), random_state=0)
+    nn = LearnedNeighbors(10, embedder=ae, random_state=0).fit(X)
+    assert nn.embedder_.scale_ < 0.01 and nn.recall_ > 0.25
+    Z = nn.embedder_.transform(X).astype(np.float32)
+    assert np.abs(Z[-1]).max() > 1e6  # the outlier's code, extrapolated
+    found = BruteIndex("euclidean").build(Z).query(Z[:200], 10)
+    exact = np.argsort(cdist(Z[:200], Z), axis=1, kind="stable")[:, :10]
+    assert np.mean([len(set(a) & set(b)) for a, b in zip(found, exact)]) > 9.5
+    # The triplet embedder too, with the outlier in one of the classes.
+    X, y = load_digits(return_X_y=True)
+    X, y = np.vstack([X, np.full((1, 64), 1e9)]), np.append(y, 3)
+    triplet = TripletEmbedder(hidden_layer_sizes=(16,), epochs=1, random_state=0).fit(X, y)
+    assert triplet.scale_ < 10
+
+
 # -------------------------------------------------------------- atomic fit
 class _Interrupt(BaseException):
     pass
