@@ -62,6 +62,33 @@ def _to_object_array(arrays):
     return out
 
 
+def _dense_rows(X, owner):
+    """The dense rows of sparse ``X``, or a MemoryError where they cannot fit
+    in the memory left on this machine: the OS would otherwise end the
+    process while the copy is filled (NumPy's allocation itself succeeds,
+    lazily, up to the machine's total memory)."""
+    need = X.shape[0] * X.shape[1] * X.dtype.itemsize
+    left = _memory_left()
+    if left is not None and need > left:
+        raise MemoryError(
+            f"{owner} indexes dense rows: X is sparse with shape {X.shape}, and its dense copy "
+            f"({need / 2**30:.1f} GiB) is more than the memory left on this machine "
+            f"({left / 2**30:.1f} GiB). Reduce the features first, e.g. TruncatedSVD in a "
+            "Pipeline."
+        )
+    return X.toarray()
+
+
+def _memory_left():
+    """Bytes of memory available (with free swap) where the OS says (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return sum(int(info[key].split()[0]) * 1024 for key in ("MemAvailable", "SwapFree"))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _check_range(X):
     """``X``, or a ValueError where its values are beyond exact search's range."""
     if X.dtype == np.float64 and X.size and np.abs(X).max() > MAX_ABS_VALUE:
@@ -347,7 +374,7 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstim
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
                           order="C")
         # The index keeps dense rows (its learned parts and kernels need them).
-        X = _check_range(X.toarray() if issparse(X) else X)
+        X = _check_range(_dense_rows(X, type(self).__name__) if issparse(X) else X)
         if y is not None:
             y = np.asarray(y)
             if len(y) != len(X):

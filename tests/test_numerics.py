@@ -420,6 +420,18 @@ def test_sparse_csr_fit_and_queries_equal_dense(make):
         assert_array_equal(a, b)
 
 
+def test_sparse_rows_too_large_to_densify_are_a_clear_error(monkeypatch):
+    import skknn._base as base
+
+    X = sparse.random(300, 20, density=0.2, format="csr", random_state=0)
+    assert base._memory_left() is None or base._memory_left() > 0
+    monkeypatch.setattr(base, "_memory_left", lambda: 300 * 20 * 8 - 1)
+    with pytest.raises(MemoryError, match=r"dense copy .* TruncatedSVD"):
+        LearnedNeighbors(4, embedder="passthrough").fit(X)
+    monkeypatch.setattr(base, "_memory_left", lambda: None)  # not known: try
+    assert LearnedNeighbors(4, embedder="passthrough").fit(X).n_samples_fit_ == 300
+
+
 @pytest.mark.parametrize("cls, hint", [
     (LearnedNeighbors, "embedder='passthrough', backend='brute'"),
     (ClusterFilteredKNN, "n_probe=n_clusters"),
