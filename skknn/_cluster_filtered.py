@@ -217,8 +217,11 @@ class ClusterFilteredKNN(SearchBase):
 
     Notes
     -----
-    ``radius_neighbors`` searches the probed clusters only; it is exact when
-    every cluster is probed.
+    ``radius_neighbors`` searches the probed clusters, so it may miss points;
+    it is exact when every cluster is probed. A query whose probed rows all
+    lie within the radius (the ball may hold more points than were looked
+    at) is searched in every cluster, so that results are never cut off at
+    the probed clusters.
 
     The router's inputs are the leading principal components of the data,
     so that routing a query costs less than scanning one cluster. A query
@@ -737,9 +740,24 @@ class ClusterFilteredKNN(SearchBase):
                                       len(q), self._n_jobs))
 
     def _radius(self, q, radius, params):
+        every = np.arange(self.n_clusters_)
+
         def one(rows):
             part = q[rows]
-            return self._probe_radius(part, radius, self._route(part.block, params))
+            probes = self._route(part.block, params)
+            dist, ind = self._probe_radius(part, radius, probes)
+            # Where every probed row lies within the radius, the ball may hold
+            # rows of the clusters not probed: such a query is searched in
+            # every cluster (exactly) rather than cut off.
+            looked = np.where(probes >= 0, self._sizes[np.maximum(probes, 0)], 0).sum(axis=1)
+            full = np.array([len(i) for i in ind]) >= looked
+            redo = np.flatnonzero(full & (looked < self.n_samples_fit_))
+            if len(redo):
+                d, i = self._probe_radius(part[redo], radius,
+                                          np.broadcast_to(every, (len(redo), len(every))))
+                for row, d_row, i_row in zip(redo, d, i):
+                    dist[row], ind[row] = d_row, i_row
+            return dist, ind
 
         return join_parts(in_slices(one, len(q), self._n_jobs))
 

@@ -458,6 +458,19 @@ def test_approximate_radius_is_subset_of_exact(fitted, blobs):
     assert all(set(a) <= set(b) for a, b in zip(ind, ref))
 
 
+def test_radius_beyond_the_probed_clusters_is_not_cut_off(fitted, blobs):
+    # Every probed row within the radius: the ball may hold more, and the
+    # query is searched in every cluster (2 probed clusters gave ~100 rows of
+    # the 1,300 for an infinite radius).
+    X_train, X_test = blobs
+    nn = copy.copy(fitted)
+    nn.search_params_ = {"n_probe": 2}
+    far = float(np.ptp(X_train, axis=0).max() * np.sqrt(X_train.shape[1]))
+    for radius in (np.inf, far):
+        ind = nn.radius_neighbors(X_test[:20], radius=radius, return_distance=False)
+        assert all(len(i) == len(X_train) for i in ind)
+
+
 @pytest.mark.parametrize(
     "params, match",
     [
