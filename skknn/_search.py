@@ -297,20 +297,18 @@ def _within_bounds(space, Q, Qp, q_sq, upper_k, k):
     """Exact top-``k`` of each query among the rows whose lower bound is at
     most its ``upper_k`` (NaN counts as within), merged over chunks of rows."""
     X = space.fitted.data
-    dist = np.full((len(Q), k), np.inf)
-    ind = np.full((len(Q), k), -1, dtype=np.intp)
-    chunk = max(1, int(_MAX_CHUNK_BYTES // (8 * (X.shape[1] + 3 * len(Q)))))
     pair_batch = max(1, int(_MAX_CHUNK_BYTES // (24 * X.shape[1])))
-    for rows in gen_batches(len(X), chunk):
+
+    def within(rows):
         low = _lower_bounds(space, Qp, q_sq, X[rows])[0]
         which, cols = np.nonzero(~(low > upper_k[:, None]))
         D = np.full(low.shape, np.inf)
         for pairs in gen_batches(len(which), pair_batch):
             w, c = which[pairs], cols[pairs]
             D[w, c] = space.metric.paired(Q[w], X[rows.start + c])
-        d, i = _sorted_topk(D, np.broadcast_to(np.arange(rows.start, rows.stop), D.shape), k)
-        dist, ind = _sorted_topk(np.hstack([dist, d]), np.hstack([ind, i]), k)
-    return dist, ind
+        return D
+
+    return _merge_over_rows(Q, len(X), k, within)
 
 
 def _prepare64(space, A):
