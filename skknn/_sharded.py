@@ -267,15 +267,9 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
         client = self._get_client()
         from_dask = _is_dask_array(X)
         if from_dask:
-            X = _check_dask_array(X)
-            if np.isnan(X.shape[0]):
+            if X.ndim == 2 and np.isnan(X.shape[0]):
                 X = X.compute_chunk_sizes()
-            for size, what in zip(X.shape, ("sample(s)", "feature(s)")):
-                if size == 0:
-                    raise ValueError(
-                        f"Found array with 0 {what} (shape={X.shape}) while a minimum of 1 "
-                        "is required by ShardedNeighbors."
-                    )
+            X = _check_dask_array(X)
             self.n_features_in_ = X.shape[1]
         else:
             X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32],
@@ -583,11 +577,6 @@ default=None
                 f"X has shape {X.shape}, but ShardedNeighbors is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        if X.shape[0] == 0:
-            raise ValueError(
-                f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is "
-                "required by ShardedNeighbors."
-            )
         X = X.rechunk({1: -1})
         live = [self._live(i) for i in range(self.n_shards_)]
         # The maps to global rows: offsets, or the router, carried by the
@@ -692,11 +681,18 @@ default=None
 
 
 def _check_dask_array(X):
-    """A 2D dask array of float32 or float64; other real dtypes are cast to
-    float64, as ``check_array`` casts NumPy arrays. (Its values are checked
-    by the tasks that read them.)"""
+    """A 2D dask array of float32 or float64, with at least one row (where
+    its number of rows is known) and one feature; other real dtypes are cast
+    to float64, as ``check_array`` casts NumPy arrays. (Its values are
+    checked by the tasks that read them.)"""
     if X.ndim != 2:
         raise ValueError(f"Expected a 2D dask array, got shape {X.shape}.")
+    for size, what in zip(X.shape, ("sample(s)", "feature(s)")):
+        if size == 0:
+            raise ValueError(
+                f"Found array with 0 {what} (shape={X.shape}) while a minimum of 1 is "
+                "required by ShardedNeighbors."
+            )
     if np.issubdtype(X.dtype, np.complexfloating):
         # Cast to float64, the imaginary parts would be dropped on the workers.
         raise ValueError(f"Complex data not supported: the dask array has dtype {X.dtype}.")
