@@ -44,6 +44,7 @@ from ._search import (
     join_parts,
     max_sqnorm,
     rerank,
+    research_cut_off,
     stack_parts,
     unsure_queries,
 )
@@ -750,14 +751,9 @@ class ClusterFilteredKNN(SearchBase):
             # rows of the clusters not probed: such a query is searched in
             # every cluster (exactly) rather than cut off.
             looked = np.where(probes >= 0, self._sizes[np.maximum(probes, 0)], 0).sum(axis=1)
-            full = np.array([len(i) for i in ind]) >= looked
-            redo = np.flatnonzero(full & (looked < self.n_samples_fit_))
-            if len(redo):
-                d, i = self._probe_radius(part[redo], radius,
-                                          np.broadcast_to(every, (len(redo), len(every))))
-                for row, d_row, i_row in zip(redo, d, i):
-                    dist[row], ind[row] = d_row, i_row
-            return dist, ind
+            return research_cut_off(dist, ind, looked, self.n_samples_fit_, lambda redo: (
+                self._probe_radius(part[redo], radius,
+                                   np.broadcast_to(every, (len(redo), len(every))))))
 
         return join_parts(in_slices(one, len(q), self._n_jobs))
 

@@ -26,6 +26,7 @@ from ._search import (
     join_parts,
     max_sqnorm,
     rerank,
+    research_cut_off,
     stack_parts,
 )
 
@@ -472,14 +473,9 @@ class LearnedNeighbors(SearchBase):
             dist, ind = candidate_radius(self._space, part, candidates, radius)
             # Where every candidate lies within the radius, the ball may hold
             # more points than were looked at (unless every fitted point was one).
-            n_valid = (candidates >= 0).sum(axis=1)
-            full = (np.array([len(i) for i in ind]) >= n_valid) & (n_valid < self.n_samples_fit_)
-            redo = np.flatnonzero(exact | full)
-            if len(redo):
-                d, i = exact_radius(self._space, part[redo], radius)
-                for row, d_row, i_row in zip(redo, d, i):
-                    dist[row], ind[row] = d_row, i_row
-            return dist, ind
+            return research_cut_off(
+                dist, ind, (candidates >= 0).sum(axis=1), self.n_samples_fit_,
+                lambda redo: exact_radius(self._space, part[redo], radius), also=exact)
 
         return join_parts(in_slices(one, len(q), self._n_jobs))
 

@@ -438,6 +438,23 @@ def exact_radius(space, q, radius, n_jobs=1):
     return join_parts(parts)
 
 
+def research_cut_off(dist, ind, looked, n_samples, search, also=None):
+    """Radius answers that may have been cut off, searched again.
+
+    A query whose ``looked`` rows (its candidates, or the rows of its probed
+    clusters) all lie within the radius may have more within it, unless every
+    one of the ``n_samples`` fitted rows was looked at: its answer, and those
+    of the queries marked in ``also``, are replaced by ``search(queries)``.
+    ``dist`` and ``ind`` are per-query sequences, changed in place.
+    """
+    redo = (np.array([len(i) for i in ind]) >= looked) & (looked < n_samples)
+    redo = np.flatnonzero(redo if also is None else redo | also)
+    if len(redo):
+        for row, d_row, i_row in zip(redo, *search(redo)):
+            dist[row], ind[row] = d_row, i_row
+    return dist, ind
+
+
 def candidate_radius(space, q, candidates, radius, n_jobs=1):
     """Like :func:`exact_radius`, searching only each query's candidates."""
     candidates = np.asarray(candidates, dtype=np.intp)
