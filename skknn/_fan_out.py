@@ -10,6 +10,7 @@ shard with no copy left raises :class:`ShardLostError`, never a partial
 answer. The rows each shard holds map its answers to rows of the whole data.
 """
 
+import time
 from collections import deque
 from concurrent.futures import CancelledError
 from operator import getitem
@@ -40,6 +41,9 @@ from ._shard_tasks import (
 # shard and chunk): large enough that a task's overhead (~1 ms) is small
 # against its search, small enough to bound each worker's memory.
 _CHUNK_BYTES = 2**25
+
+# Seconds to wait for the news of a copy's loss (see ShardFanOut._holders).
+_LOSS_NEWS = 10.0
 
 
 def _new_task(kind):
@@ -115,8 +119,7 @@ class ShardFanOut:
             return
         distributed, client = _distributed(), self._client
         every = [copy for copies in self._shards for copy in copies]
-        distributed.wait([copy for copy in every if copy.status in ("pending", "lost")])
-        where, moved = client.who_has(every), []
+        where, moved = self._holders(every), []
         workers = set(client.nthreads())
         for i, copies in enumerate(self._shards):
             held = [set(where.get(copy.key, ())) for copy in copies]
@@ -134,6 +137,26 @@ class ShardFanOut:
         if moved:
             distributed.wait(moved)
             unpin(client, moved)
+
+    def _holders(self, copies):
+        """Which workers hold each of ``copies``, once the recoveries under
+        way have ended.
+
+        The scheduler tells this client of a lost copy in a message of its
+        own, which may come after its answer to ``who_has``: a copy read as
+        in memory ('finished') that no worker holds is one of these, and is
+        looked at again (every 50 ms, for at most ``_LOSS_NEWS`` seconds).
+        """
+        distributed, client = _distributed(), self._client
+        deadline = time.monotonic() + _LOSS_NEWS
+        while True:
+            distributed.wait([copy for copy in copies if copy.status in ("pending", "lost")])
+            where = client.who_has(copies)
+            unheld = [copy for copy in copies
+                      if copy.status == "finished" and not where.get(copy.key)]
+            if not unheld or time.monotonic() > deadline:
+                return where
+            time.sleep(0.05)
 
     def _on_shard(self, func, shard, *args, who_has=None):
         """Submit ``func(shard, *args)`` to the worker holding that copy of the shard.
