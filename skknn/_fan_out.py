@@ -24,6 +24,7 @@ from ._search import stack_parts
 from ._shard_tasks import (
     ShardLostError,
     _copy_of_shard,
+    _cut_off,
     _fitted_rows,
     _knn_new,
     _knn_own,
@@ -174,17 +175,18 @@ class ShardFanOut:
         return self._client.submit(func, shard, *args, pure=False, workers=holders,
                                    allow_other_workers=True)
 
-    def _submit(self, kind, query, k, params):
+    def _submit(self, kind, query, k, params, every=False):
         """Tasks of one chunk of queries on the shards, in shard order: for
         each shard, its future (None if no query of the chunk visits it) and
         the chunk's queries it answers (None: all of them).
 
         ``query`` is ``('new', rows)`` or ``('own', shard, ids)`` (fitted rows
         of one shard, each not its own neighbour). ``kind``: 'knn',
-        'reference' or 'radius' (``k`` is then the radius).
+        'reference' or 'radius' (``k`` is then the radius). ``every``: each
+        query on every shard, even where clusters are placed.
         """
         client = self._client
-        routed = self._router is not None and kind != "reference"
+        routed = self._router is not None and kind != "reference" and not every
         # Chunks take turns over the replicas of each shard: replicas share
         # the queries as well as guarding against a lost worker.
         turn = next(self._turns)
@@ -239,27 +241,41 @@ class ShardFanOut:
         # OSError: the connection to a worker closed while sending to it.
         return CancelledError, distributed.client.FutureCancelledError, OSError
 
-    def _run(self, kind, query, k, params=None, tasks=None):
+    def _run(self, kind, query, k, params=None, tasks=None, every=False):
         """One chunk of queries on every shard, merged (see :meth:`_submit`).
 
         ``tasks``: its tasks, if already submitted. Where a worker is lost
         during the chunk, the chunk is run again on the replicas left; never
-        is a partial answer returned.
+        is a partial answer returned. A routed radius query whose ball may
+        reach beyond the shards it visited is searched again on every shard
+        (:func:`._shard_tasks._cut_off`).
         """
         n_queries = query[1].shape[0] if query[0] == "new" else len(query[2])
         for _ in range(sum(len(r) for r in self._shards) + 1):
             try:
                 if tasks is None:
-                    tasks = self._submit(kind, query, k, params)
+                    tasks = self._submit(kind, query, k, params, every)
                 found = iter(self._client.gather([f for f, _ in tasks if f is not None]))
                 parts = [_spread(kind, None if f is None else next(found), rows, n_queries, k)
                          for f, rows in tasks]
             except self._lost():
                 tasks = None  # again, on the replicas left
                 continue
-            if kind == "radius":
-                return _merge_radius(parts, self._maps_of_shards())
-            return _merge_knn(parts, self._maps_of_shards(), k)
+            maps = self._maps_of_shards()
+            if kind != "radius":
+                return _merge_knn(parts, maps, k)
+            dists, inds = _merge_radius(parts, maps)
+            if self._router is None or every:
+                return dists, inds
+            own = None if query[0] == "new" else query[1]
+            redo = _cut_off(parts, maps, own)
+            if len(redo):
+                again = (("new", query[1][redo]) if own is None
+                         else ("own", own, query[2][redo]))
+                for row, d_row, i_row in zip(redo, *self._run(kind, again, k, params,
+                                                              every=True)):
+                    dists[row], inds[row] = d_row, i_row
+            return dists, inds
         raise ShardLostError("Workers were lost on every attempt to search this chunk.")
 
     def _run_all(self, kind, queries, k, params):

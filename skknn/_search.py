@@ -447,12 +447,21 @@ def research_cut_off(dist, ind, looked, n_samples, search, also=None):
     of the queries marked in ``also``, are replaced by ``search(queries)``.
     ``dist`` and ``ind`` are per-query sequences, changed in place.
     """
-    redo = (np.array([len(i) for i in ind]) >= looked) & (looked < n_samples)
-    redo = np.flatnonzero(redo if also is None else redo | also)
+    redo = cut_off([len(i) for i in ind], looked, n_samples)
+    if also is not None:
+        redo = np.union1d(redo, np.flatnonzero(also))
     if len(redo):
         for row, d_row, i_row in zip(redo, *search(redo)):
             dist[row], ind[row] = d_row, i_row
     return dist, ind
+
+
+def cut_off(found, looked, n_samples):
+    """The queries whose radius answers may be cut off (see
+    :func:`research_cut_off`): all their ``looked`` rows were ``found``
+    within the radius, and fewer than the ``n_samples`` rows looked at."""
+    found = np.asarray(found, dtype=np.intp)
+    return np.flatnonzero((found >= looked) & (looked < n_samples))
 
 
 def candidate_radius(space, q, candidates, radius, n_jobs=1):

@@ -9,7 +9,7 @@ shard (:func:`_copy_of_shard`) imports Dask, where it runs, on a worker.
 import numpy as np
 
 from ._base import _to_object_array
-from ._search import drop_self, reference_kneighbors
+from ._search import cut_off, drop_self, reference_kneighbors
 
 
 class ShardLostError(RuntimeError):
@@ -135,12 +135,12 @@ def _answer_part(shard, X, kind, k, search):
 def _spread(kind, found, rows, n, k):
     """A shard's answer ``found`` for the rows ``rows`` of a chunk of ``n``
     queries (None: all of them) as its answer for the whole chunk: the
-    other queries get no neighbours. ``found`` None: none for any."""
+    other queries get no neighbours (radius: None, no row looked at, told
+    apart from an empty ball). ``found`` None: none for any."""
     if found is not None and rows is None:
         return found
     if kind == "radius":
-        dists = [np.empty(0)] * n
-        inds = [np.empty(0, dtype=np.intp)] * n
+        dists, inds = [None] * n, [None] * n
         if found is not None:
             for row, d_row, i_row in zip(rows, *found):
                 dists[row], inds[row] = d_row, i_row
@@ -223,12 +223,34 @@ def _merge_knn(parts, maps, k):
 
 
 def _merge_radius(parts, maps):
+    """The shards' radius answers (None where a query did not visit the
+    shard) joined; global rows."""
     dists, inds = [], []
     maps = _shard_maps(maps)
     for rows in zip(*(zip(*part) for part in parts)):
-        dists.append(np.concatenate([d for d, _ in rows]))
-        inds.append(np.concatenate([_to_global(i, m) for (_, i), m in zip(rows, maps)]))
+        seen = [(d, _to_global(i, m)) for (d, i), m in zip(rows, maps) if i is not None]
+        dists.append(np.concatenate([d for d, _ in seen]) if seen else np.empty(0))
+        inds.append(np.concatenate([i for _, i in seen]) if seen else np.empty(0, np.intp))
     return dists, inds
+
+
+def _cut_off(parts, maps, own=None):
+    """The queries of a chunk whose radius answers (the shards' ``parts``)
+    may be cut off at the shards they visited (``maps``: a router's), see
+    :func:`._search.cut_off`. ``own``: the shard of fitted-row queries
+    (each not its own neighbour), else None."""
+    sizes = np.array([len(rows) for rows in _shard_maps(maps)])
+    looked, found = 0, 0
+    for size, (_, inds) in zip(sizes, parts):
+        visited = np.array([i is not None for i in inds], dtype=bool)
+        looked = looked + size * visited
+        found = found + np.array([0 if i is None else len(i) for i in inds], dtype=np.intp)
+    mine = 0 if own is None else 1  # its own row is not its neighbour
+    return cut_off(found, looked - mine, sizes.sum() - mine)
+
+
+def _take(X, rows):
+    return X[rows]
 
 
 def _finish_radius(dists, inds, sort_results, dtype):
@@ -242,6 +264,12 @@ def _finish_radius(dists, inds, sort_results, dtype):
     return _to_object_array(dists), _to_object_array(inds)
 
 
-def _radius_chunk(parts, maps, sort_results, dtype):
-    """The shards' radius answers for one chunk of queries, merged and finished."""
-    return _finish_radius(*_merge_radius(parts, maps), sort_results, dtype)
+def _radius_chunk(parts, maps, sort_results, dtype, again=None):
+    """The shards' radius answers for one chunk of queries, merged and
+    finished. ``again``: ``(rows, parts)``, the rows of the chunk searched
+    again on every shard (see :func:`_cut_off`) and those answers."""
+    dists, inds = _merge_radius(parts, maps)
+    if again is not None:
+        for row, d_row, i_row in zip(again[0], *_merge_radius(again[1], maps)):
+            dists[row], inds[row] = d_row, i_row
+    return _finish_radius(dists, inds, sort_results, dtype)

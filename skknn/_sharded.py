@@ -35,6 +35,7 @@ from ._fan_out import ShardFanOut, ShardLostError, _token, submit_copy, unpin
 from ._placement import fit_router, probe_grid
 from ._search import drop_self, recall_at_k, stack_parts
 from ._shard_tasks import (
+    _cut_off,
     _finish_radius,
     _fit_shard,
     _knn_new,
@@ -43,6 +44,7 @@ from ._shard_tasks import (
     _radius_new,
     _split,
     _summary,
+    _take,
     _to_global,
     lost_message,
 )
@@ -567,8 +569,10 @@ default=None
     def _lazy_chunks(self, X, task, arg, params):
         """Per chunk of the dask array ``X``: its rows, and the delayed answers
         of ``task(shard, chunk, arg, params)`` on every shard (with clusters,
-        the shard's part of the chunk rather than the chunk); then the maps of
-        the shards' rows (for the merge)."""
+        the shard's part of the chunk rather than the chunk), and for radius
+        queries with clusters, ``(rows, answers)`` of the chunk's rows
+        searched again on every shard (see :func:`._shard_tasks._cut_off`);
+        then the maps of the shards' rows (for the merge)."""
         import dask
 
         X = _check_dask_array(X)
@@ -595,9 +599,21 @@ default=None
             if self._router is not None:
                 parts = dask.delayed(_split, pure=False, nout=self.n_shards_)(
                     maps, chunk, self.coarse_probe_)
-            chunks.append((rows, [
-                dask.delayed(task, pure=False)(copies[turn % len(copies)], part, arg, p)
-                for copies, p, part in zip(live, params, parts)]))
+
+            def on_shards(parts, turn=turn):
+                return [dask.delayed(task, pure=False)(copies[turn % len(copies)], part, arg, p)
+                        for copies, p, part in zip(live, params, parts)]
+
+            answers = on_shards(parts)
+            if self._router is not None and task is _radius_new:
+                # The queries whose ball may reach beyond the shards they
+                # visited (often none), searched again on every shard.
+                again = dask.delayed(_cut_off, pure=False)(answers, maps)
+                again = (again, on_shards([dask.delayed(_take, pure=False)(chunk, again)]
+                                          * self.n_shards_))
+                chunks.append((rows, answers, again))
+            else:
+                chunks.append((rows, answers))
         return chunks, maps
 
     def _lazy_answers(self, X, task, arg, params, merge, merge_args, shape, dtypes):
@@ -609,8 +625,8 @@ default=None
 
         chunks, maps = self._lazy_chunks(X, task, arg, params)
         out = ([], [])
-        for rows, parts in chunks:
-            answer = dask.delayed(merge, pure=False, nout=2)(parts, maps, *merge_args)
+        for rows, parts, *again in chunks:
+            answer = dask.delayed(merge, pure=False, nout=2)(parts, maps, *merge_args, *again)
             for part, dtype, arrays in zip(answer, dtypes, out):
                 arrays.append(da.from_delayed(part, (rows, *shape), dtype=dtype))
         return tuple(da.concatenate(arrays) for arrays in out)
@@ -632,6 +648,9 @@ default=None
         """Find the neighbours within ``radius`` of each query point, over all shards.
 
         Each shard searches as its estimator does (exact in its exact setting).
+        With ``placement='clusters'``, a query whose visited shards' rows all
+        lie within the radius is searched again on every shard; other balls
+        are cut off at the shards visited.
 
         Parameters
         ----------

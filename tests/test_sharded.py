@@ -249,6 +249,43 @@ def test_routed_queries_search_exactly_the_shards_they_visit(client):
         assert_same_neighbors(own_dist[mine], own_ind[mine], ref[0], mine[ref[1]])
 
 
+def test_a_ball_holding_the_shards_visited_is_searched_on_every_shard(client):
+    # As ClusterFilteredKNN with its clusters: a query whose visited shards'
+    # rows all lie within the radius may have more within it on the others,
+    # and is searched on every shard; the others' balls stay cut off at the
+    # shards they visit. NumPy queries, a dask array's, the fitted rows.
+    X = make_blobs_data(n_samples=900, n_features=4, centers=8, seed=3)
+    Q = X[::9] + 0.05
+    ours = ShardedNeighbors(exact_learned(), n_shards=3, placement="clusters",
+                            client=client).fit(X)
+    ours.coarse_probe_ = 1
+    shard_of = np.empty(len(X), dtype=np.intp)
+    for i, mine in enumerate(ours.shard_rows_):
+        shard_of[mine] = i
+    visit = ours._router.visits(Q, 1).argmax(axis=1)
+    own_visit = shard_of  # a fitted row visits its own shard
+    dist_all = np.linalg.norm(Q[:, None] - X, axis=2)
+    own_all = np.linalg.norm(X[:, None] - X, axis=2)
+    np.fill_diagonal(own_all, np.inf)  # not its own neighbour
+    reach = np.array([dist_all[i, shard_of == s].max() for i, s in enumerate(visit)])
+    for radius in (np.inf, float(np.median(reach))):
+        for got, d_all, visits in (
+                (ours.radius_neighbors(Q, radius), dist_all, visit),
+                ([a.compute() for a in ours.radius_neighbors(da.from_array(Q, chunks=(30, 4)),
+                                                            radius)], dist_all, visit),
+                (ours.radius_neighbors(radius=radius), own_all, own_visit)):
+            again = 0
+            for i, (d, j) in enumerate(zip(*got)):
+                here, near = shard_of == visits[i], np.isfinite(d_all[i])
+                whole = np.all(d_all[i, here & near] <= radius)
+                again += whole
+                want = np.flatnonzero((d_all[i] <= radius) & near & (here | whole))
+                assert_array_equal(j, want)
+                assert_allclose(d, d_all[i, want], rtol=1e-12)
+            # Some queries of each kind searched again, some not (finite radius).
+            assert again == len(visits) if radius == np.inf else 0 < again < len(visits)
+
+
 def test_clusters_placement_from_a_dask_array_and_its_errors(client, rng, monkeypatch):
     X = make_blobs_data(n_samples=600, n_features=5, centers=6)
     Qd = da.from_array(X[:100] + 0.01, chunks=40)
