@@ -24,11 +24,11 @@ from ._keras import (
     draw_seed,
     fit_scaling,
     import_keras,
-    inlier_rows,
     pairwise_distances,
     train,
     training_params,
 )
+from ._metrics import inlier_rows
 
 
 class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):

@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from ._keras import inlier_rows
 from ._kernels import scan_cells
+from ._metrics import inlier_rows
 from ._search import block_topk
 
 # pynndescent's search slack (its query ``epsilon``) and graph degree.
@@ -300,7 +300,7 @@ class AnnoyIndex:
 
 def _code_centre(Z):
     """The mean code, of the codes that are not far outliers (see
-    :func:`._keras.inlier_rows`): an outlier's code (1e11 among codes ~1)
+    :func:`._metrics.inlier_rows`): an outlier's code (1e11 among codes ~1)
     would move the mean so far that float32 codes centred on it all round
     to the same values."""
     inliers = inlier_rows(Z)

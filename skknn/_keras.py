@@ -20,12 +20,6 @@ from sklearn.utils._param_validation import Interval
 
 _MAX_SEED = np.iinfo(np.int32).max
 
-# inlier_rows: rows farther from the coordinate-wise median than this many
-# times the median row are outliers for a network's scaling and training;
-# the median is taken over at most this many evenly spaced rows.
-_OUTLIER_FACTOR = 100
-_MEDIAN_SAMPLE = 10_000
-
 ACTIVATIONS = {
     "relu": lambda z: np.maximum(z, 0.0, out=z),
     "tanh": lambda z: np.tanh(z, out=z),
@@ -90,27 +84,6 @@ def check_hidden_sizes(hidden_layer_sizes):
             f"hidden_layer_sizes must hold positive integers, got {hidden_layer_sizes!r}."
         )
     return sizes
-
-
-def inlier_rows(X):
-    """Which rows of ``X`` a network's input scaling is fitted on, and it trains on.
-
-    A row is an outlier where its largest coordinate difference from the
-    coordinate-wise median (of up to 10,000 evenly spaced rows) is more than
-    ``_OUTLIER_FACTOR`` (100) times that of the median row. One row at 1e8
-    among rows 0.004 apart would otherwise set the scale, and the others,
-    standardised, would differ by less than float32 resolves (an
-    autoencoder's codes then rank nothing: recall 0.06). Returns None where
-    every row counts (ordinary data: the same fit as without the check).
-    """
-    n = len(X)
-    centre = np.median(X[:: max(1, n // _MEDIAN_SAMPLE)], axis=0)
-    reach = np.empty(n)
-    for rows in gen_batches(n, 4096):
-        reach[rows] = np.abs(X[rows] - centre).max(axis=1, initial=0.0)
-    typical = float(np.median(reach)) if n else 0.0
-    inliers = reach <= _OUTLIER_FACTOR * typical
-    return None if not typical > 0 or inliers.all() else inliers
 
 
 def fit_scaling(X):

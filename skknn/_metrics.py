@@ -43,6 +43,12 @@ SUPPORTED_METRICS = tuple(sorted(_ALIASES))
 _CDIST_NAMES = {"manhattan": "cityblock", "chebyshev": "chebyshev", "minkowski": "minkowski"}
 # Rows transformed to float64 at once (bounds the temporaries of Space).
 _ROW_CHUNK = 4096
+
+# inlier_rows: rows farther from the coordinate-wise median than this many
+# times the median row are outliers for the scalings fitted on the data;
+# the median is taken over at most this many evenly spaced rows.
+_OUTLIER_FACTOR = 100
+_MEDIAN_SAMPLE = 10_000
 #: Largest magnitude of float64 values that can be searched: beyond it,
 #: squared differences overflow float64 (float32 values always fit).
 MAX_ABS_VALUE = 2.0**500
@@ -409,6 +415,29 @@ class Space:
         if not self.metric.is_dot_product:
             return 0.0
         return self.tol * (q_sq + x_sq) + self.ABS_SLACK
+
+
+def inlier_rows(X):
+    """Which rows of ``X`` scalings are fitted on: the ranking rows'
+    (:class:`Space`), a network's inputs (and it trains on them), a code
+    index's centre.
+
+    A row is an outlier where its largest coordinate difference from the
+    coordinate-wise median (of up to 10,000 evenly spaced rows) is more than
+    ``_OUTLIER_FACTOR`` (100) times that of the median row. One row at 1e8
+    among rows 0.004 apart would otherwise set the scale, and the others,
+    standardised, would differ by less than float32 resolves (an
+    autoencoder's codes then rank nothing: recall 0.06). Returns None where
+    every row counts (ordinary data: the same fit as without the check).
+    """
+    n = len(X)
+    centre = np.median(X[:: max(1, n // _MEDIAN_SAMPLE)], axis=0)
+    reach = np.empty(n)
+    for rows in gen_batches(n, 4096):
+        reach[rows] = np.abs(X[rows] - centre).max(axis=1, initial=0.0)
+    typical = float(np.median(reach)) if n else 0.0
+    inliers = reach <= _OUTLIER_FACTOR * typical
+    return None if not typical > 0 or inliers.all() else inliers
 
 
 def _chunked(X, func):

@@ -26,11 +26,11 @@ from ._keras import (
     draw_seed,
     fit_scaling,
     import_keras,
-    inlier_rows,
     pairwise_distances,
     train,
     training_params,
 )
+from ._metrics import inlier_rows
 
 MINERS = ("batch_hard", "semi_hard", "batch_all")
 

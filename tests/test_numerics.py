@@ -286,7 +286,7 @@ def test_an_outlier_neither_scales_nor_trains_the_networks():
     from sklearn.datasets import make_blobs
 
     from skknn._indexes import BruteIndex
-    from skknn._keras import inlier_rows
+    from skknn._metrics import inlier_rows
 
     # Ordinary data have no such outlier: their fits are as without the check.
     assert inlier_rows(load_digits().data) is None
