@@ -48,7 +48,10 @@ _ROW_CHUNK = 4096
 # times the median row are outliers for the scalings fitted on the data;
 # the median is taken over at most this many evenly spaced rows.
 _OUTLIER_FACTOR = 100
-_MEDIAN_SAMPLE = 10_000
+_MEDIAN_SAMPLE = 2_000
+# Ranking rows of the fitted rows stay within 2**_BLOCK_REACH of the centre
+# (inliers are scaled to ~1; an outlier far beyond is scaled down with them).
+_BLOCK_REACH = 40
 #: Largest magnitude of float64 values that can be searched: beyond it,
 #: squared differences overflow float64 (float32 values always fit).
 MAX_ABS_VALUE = 2.0**500
@@ -269,11 +272,7 @@ class Space:
         self.n_features = X.shape[1]
         self.centre, self.block_scale = None, 1.0
         if metric.name in ("euclidean", "sqeuclidean"):
-            self.centre = _chunked(X, lambda c: c.sum(axis=0, dtype=np.float64)).reshape(
-                -1, X.shape[1]
-            ).sum(axis=0) / max(len(X), 1)
-            spread = _chunked(X, lambda c: np.abs(c - self.centre).max(initial=0.0, axis=1))
-            self.block_scale = _power_of_two_inverse(float(spread.max(initial=0.0)))
+            self.centre, self.block_scale = _centre_and_scale(X)
         eps32 = float(np.finfo(np.float32).eps)
         self.tol = (self.n_features + 16) * eps32
         # The ranking form of the fitted rows (a float32 copy) is made on
@@ -423,7 +422,7 @@ def inlier_rows(X):
     index's centre.
 
     A row is an outlier where its largest coordinate difference from the
-    coordinate-wise median (of up to 10,000 evenly spaced rows) is more than
+    coordinate-wise median (of up to 2,000 evenly spaced rows) is more than
     ``_OUTLIER_FACTOR`` (100) times that of the median row. One row at 1e8
     among rows 0.004 apart would otherwise set the scale, and the others,
     standardised, would differ by less than float32 resolves (an
@@ -438,6 +437,35 @@ def inlier_rows(X):
     typical = float(np.median(reach)) if n else 0.0
     inliers = reach <= _OUTLIER_FACTOR * typical
     return None if not typical > 0 or inliers.all() else inliers
+
+
+def _centre_and_scale(X):
+    """The centre and power-of-two scale of the Euclidean ranking rows.
+
+    Fitted on the inliers (:func:`inlier_rows`): one row at 1e8 among rows
+    ~1 apart would otherwise pull the mean and set the scale, and the
+    others' ranking rows would differ by less than float32 resolves
+    (k-means and nearest-centre routing on them then group nothing). The
+    scale is lowered where needed so that no fitted row's ranking values
+    exceed ``2**_BLOCK_REACH`` (their squares and products stay far from
+    float32's range).
+    """
+    inliers = inlier_rows(X)
+
+    def sums(rows):
+        c = X[rows] if inliers is None else X[rows][inliers[rows]]
+        return c.sum(axis=0, dtype=np.float64)
+
+    count = len(X) if inliers is None else int(inliers.sum())
+    parts = [sums(rows) for rows in gen_batches(len(X), _ROW_CHUNK)]
+    centre = (np.stack(parts).sum(axis=0) if parts else np.zeros(X.shape[1])) / max(count, 1)
+    spread = _chunked(X, lambda c: np.abs(c - centre).max(initial=0.0, axis=1))
+    widest = float(spread.max(initial=0.0))
+    scale = _power_of_two_inverse(
+        widest if inliers is None else float(spread[inliers].max(initial=0.0)))
+    if widest * scale > 2.0**_BLOCK_REACH:
+        scale = _power_of_two_inverse(widest) * 2.0**_BLOCK_REACH
+    return centre, scale
 
 
 def _chunked(X, func):

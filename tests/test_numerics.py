@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
+from sklearn.neighbors import NearestNeighbors
 
 from skknn import AutoencoderEmbedder, ClusterFilteredKNN, LearnedNeighbors, TripletEmbedder
 
@@ -308,6 +309,33 @@ def test_an_outlier_neither_scales_nor_trains_the_networks():
     X, y = np.vstack([X, np.full((1, 64), 1e9)]), np.append(y, 3)
     triplet = TripletEmbedder(hidden_layer_sizes=(16,), epochs=1, random_state=0).fit(X, y)
     assert triplet.scale_ < 10
+
+
+def test_an_outlier_neither_centres_nor_scales_the_ranking_rows():
+    from skknn._metrics import Space, resolve_metric
+    from skknn._search import _RANKABLE_SQ
+
+    rng = np.random.RandomState(0)
+    U = rng.rand(2000, 16)
+    for X, far in (((U * 1e-3 + 5).astype(np.float32), 1e8), (U.astype(np.float32), 1e30)):
+        X[5] = far
+        block = Space(resolve_metric("euclidean"), X).fitted.block
+        span = np.ptp(block[np.delete(np.arange(len(X)), 5)], axis=0).max()
+        # The other rows span ~1 (1e-11 before, all but equal in float32);
+        # with the outlier at 1e30, as far as its own reach (2**40) allows.
+        assert 0.25 * min(1.0, 2.0**40 / far) <= span <= 2
+        sq = np.einsum("ij,ij->i", block.astype(np.float64), block.astype(np.float64))
+        assert np.isfinite(block).all() and sq.max() < _RANKABLE_SQ
+    # So clusters and nearest-centre routing group the other rows as without
+    # it (recall 0.27 with it, 0.83 without, before).
+    Q = U[::7] + rng.randn(*U[::7].shape) * 1e-3
+    recalls = []
+    for X in (U, np.vstack([U, np.full((1, 16), 1e8)])):
+        cf = ClusterFilteredKNN(10, router="centroid", partition="kmeans", random_state=0)
+        ind = cf.fit(X).kneighbors(Q, return_distance=False)
+        exact = NearestNeighbors(n_neighbors=10).fit(X).kneighbors(Q, return_distance=False)
+        recalls.append((ind[:, :, None] == exact[:, None, :]).any(axis=2).mean())
+    assert recalls[1] > recalls[0] - 0.1, recalls
 
 
 # -------------------------------------------------------------- atomic fit
