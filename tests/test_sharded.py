@@ -421,7 +421,10 @@ def test_replicas_share_the_queries(client, rng):
         assert len(searched_on) == 2, stream.data
 
 
-def test_copies_brought_onto_one_worker_are_spread_again(client, rng):
+def _copies_together(client, rng):
+    """One shard, two copies, both on one worker: as Dask's recovery of a
+    lost copy may leave them (one object there). Returns the fitted rows,
+    the estimator, that worker and the second copy."""
     from skknn._fan_out import submit_copy
 
     X = rng.randn(60, 3)
@@ -429,11 +432,14 @@ def test_copies_brought_onto_one_worker_are_spread_again(client, rng):
                             client=client).fit(X)
     first = ours._shards[0][0]
     holder = next(iter(client.who_has(first)[first.key]))
-    # As Dask's recovery of a lost copy may leave it: the second copy on the
-    # worker of the first (one object there).
     ours._shards[0][1] = together = submit_copy(client, ours._copy_prefixes[0], "lost", None,
                                                 None, holder)
     distributed.wait(together)
+    return X, ours, holder, together
+
+
+def test_copies_brought_onto_one_worker_are_spread_again(client, rng):
+    X, ours, holder, together = _copies_together(client, rng)
     assert set(client.who_has(together)[together.key]) == {holder}
     assert_array_equal(ours.kneighbors(X[:3])[1],
                        NearestNeighbors(n_neighbors=2).fit(X).kneighbors(X[:3])[1])
@@ -447,16 +453,7 @@ def test_a_copy_lost_before_this_client_is_told_is_waited_for(client, rng, monke
     # copy was lost: the copy then reads 'finished' and no worker holds it.
     # It is looked at again, not left out of the check (Dask would recover
     # it anywhere, perhaps beside the other copy).
-    from skknn._fan_out import submit_copy
-
-    X = rng.randn(60, 3)
-    ours = ShardedNeighbors(exact_learned(n_neighbors=2), n_shards=1, replicas=2,
-                            client=client).fit(X)
-    first = ours._shards[0][0]
-    holder = next(iter(client.who_has(first)[first.key]))
-    ours._shards[0][1] = together = submit_copy(client, ours._copy_prefixes[0], "lost", None,
-                                                None, holder)
-    distributed.wait(together)
+    X, ours, _, together = _copies_together(client, rng)
     real, calls = client.who_has, []
 
     def news_late(futures):
