@@ -11,6 +11,8 @@ process, measured).
 import numba
 import numpy as np
 
+from ._metrics import POWER_SUM_RANGE
+
 # The cell scan keeps a query's best n rows in a sorted list up to this n, in
 # a cut buffer beyond (see scan_cells). One thread, 10k queries, 60k x 128
 # codes in 245 cells, ms with a heap / sorted list / buffer: n = 18: 90 /
@@ -54,7 +56,25 @@ def pow_diff(q, x, p):
     acc = 0.0
     for t in range(q.shape[0]):
         acc += abs(np.float64(q[t]) - np.float64(x[t])) ** p
-    return acc ** (1.0 / p)
+    return acc
+
+
+@jit
+def scaled_pow_diff(q, x, p):
+    # The largest |difference|, and the sum of the differences' powers
+    # divided by it: its terms are at most 1, so they neither overflow nor
+    # (where they matter) underflow. See _metrics.POWER_SUM_RANGE.
+    big = max_diff(q, x)
+    acc = 0.0
+    if big > 0.0:
+        for t in range(q.shape[0]):
+            acc += (abs(np.float64(q[t]) - np.float64(x[t])) / big) ** p
+    return big, acc
+
+
+@jit
+def in_power_range(acc):
+    return POWER_SUM_RANGE[0] <= acc < POWER_SUM_RANGE[1]
 
 
 @jit
@@ -98,10 +118,13 @@ def candidate_distances(Q, X, candidates, code, p, out, visit):
             row = candidates[i, j]
             if row < 0:
                 out[i, j] = np.inf
-            elif code == 0:
-                out[i, j] = np.sqrt(sq_diff(q, X[row]))
-            elif code == 1:
-                out[i, j] = sq_diff(q, X[row])
+            elif code == 0 or code == 1:
+                acc = sq_diff(q, X[row])
+                if not in_power_range(acc):
+                    big, acc = scaled_pow_diff(q, X[row], 2.0)
+                    out[i, j] = big * np.sqrt(acc) if code == 0 else big * big * acc
+                else:
+                    out[i, j] = np.sqrt(acc) if code == 0 else acc
             elif code == 2:
                 # See Metric.paired: rows normalised in float64, |a - b|^2 / 2,
                 # and 1 for a row without direction.
@@ -117,7 +140,12 @@ def candidate_distances(Q, X, candidates, code, p, out, visit):
             elif code == 4:
                 out[i, j] = max_diff(q, X[row])
             else:
-                out[i, j] = pow_diff(q, X[row], p)
+                acc = pow_diff(q, X[row], p)
+                if in_power_range(acc):
+                    out[i, j] = acc ** (1.0 / p)
+                else:
+                    big, acc = scaled_pow_diff(q, X[row], p)
+                    out[i, j] = big * acc ** (1.0 / p)
 
 
 @jit

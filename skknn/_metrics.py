@@ -55,6 +55,15 @@ _BLOCK_REACH = 40
 #: Largest magnitude of float64 values that can be searched: beyond it,
 #: squared differences overflow float64 (float32 values always fit).
 MAX_ABS_VALUE = 2.0**500
+#: Sums of powers of differences (Euclidean, Minkowski) computed as they
+#: stand are used where they lie in this range; others are computed again
+#: from the differences divided by the largest (:func:`_scaled_power_sums`).
+#: Above, the sum overflowed (Minkowski ``p > 2`` on values well within
+#: ``MAX_ABS_VALUE``, or a large ``p``); below, it may have lost digits to
+#: subnormal terms, or underflowed to 0 (e.g. data ~1e-160, or differences
+#: of 1e-7 to the power 50). A subnormal term loses at most ``2**-1075``:
+#: below ``2**-53`` of any sum in the range for fewer than ``2**62`` features.
+POWER_SUM_RANGE = (2.0**-960, np.inf)
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,15 @@ class Metric:
         from scipy.spatial.distance import cdist
 
         kw = {"p": self.p} if self.name == "minkowski" else {}
-        return cdist(A, B, metric=_CDIST_NAMES[self.name], **kw)
+        D = cdist(A, B, metric=_CDIST_NAMES[self.name], **kw)
+        if self.name == "minkowski":
+            # Sums of powers out of POWER_SUM_RANGE: again, scaled.
+            low, high = (bound ** (1.0 / self.p) for bound in POWER_SUM_RANGE)
+            i, j = np.nonzero(~((D >= low) & (D < high)))
+            if len(i):
+                D[i, j] = self._powered(np.asarray(A)[i].astype(np.float64)
+                                        - np.asarray(B)[j].astype(np.float64))
+        return D
 
     def paired(self, A, B):
         """Exact float64 distances between aligned rows of ``A`` and ``B``.
@@ -106,15 +123,33 @@ class Metric:
             dist = np.clip(0.5 * np.einsum("...j,...j->...", diff, diff), 0.0, 2.0)
             return np.where(a_zero | b_zero, 1.0, dist)
         diff = A - B
-        if self.name in ("euclidean", "sqeuclidean"):
-            sq = np.einsum("...j,...j->...", diff, diff)
-            return np.sqrt(sq) if self.name == "euclidean" else sq
-        np.abs(diff, out=diff)
         if self.name == "manhattan":
-            return diff.sum(axis=-1)
+            return np.abs(diff).sum(axis=-1)
         if self.name == "chebyshev":
-            return diff.max(axis=-1)
-        return np.power(np.power(diff, self.p).sum(axis=-1), 1.0 / self.p)
+            return np.abs(diff).max(axis=-1, initial=0.0)
+        return self._powered(diff)
+
+    def _powered(self, diff):
+        """Euclidean-family and Minkowski distances from float64 differences
+        (last axis; overwritten); sums of powers out of ``POWER_SUM_RANGE``
+        are computed again from the differences divided by the largest."""
+        power = 2.0 if self.name in ("euclidean", "sqeuclidean") else self.p
+        with np.errstate(over="ignore", under="ignore"):
+            if power == 2.0:
+                sums = np.einsum("...j,...j->...", diff, diff)
+            else:
+                np.abs(diff, out=diff)
+                sums = np.power(diff, power).sum(axis=-1)
+            redo = ~((sums >= POWER_SUM_RANGE[0]) & (sums < POWER_SUM_RANGE[1]))
+            big = np.ones_like(sums)
+            if redo.any():
+                part = np.abs(diff[redo])
+                big[redo] = part.max(axis=-1, initial=0.0)
+                part /= np.where(big[redo] > 0, big[redo], 1.0)[:, None]
+                sums[redo] = np.power(part, power).sum(axis=-1)
+        if self.name == "sqeuclidean":
+            return big * big * sums
+        return big * (np.sqrt(sums) if power == 2.0 else np.power(sums, 1.0 / power))
 
 
 def _unit_rows(A):

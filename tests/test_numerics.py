@@ -158,9 +158,30 @@ def test_rows_equal_but_for_their_last_bits():
         est.set_params(**({"n_clusters": 1} if "n_clusters" in params else {}),
                        **({"n_probe": 1} if params.get("n_probe") else {}))
         dist, ind = est.fit(X).kneighbors([[0.0]])
-        # Squares of 5e-307 underflow in float64 (the documented limit): every
-        # row is at distance 0 from the query, a tie, and any row is right.
-        assert dist[0, 0] == 0.0 and 0 <= ind[0, 0] < 20
+        # Squares of 5e-307 underflow in float64: they are summed again
+        # scaled, and the distance is exact; row 3 is one ulp farther.
+        assert dist[0, 0] == 5.04109396e-307 and ind[0, 0] != 3
+
+
+@pytest.mark.parametrize("p, scale", [(3, 2.0**400), (3, 2.0**-400), (2, 2.0**-540)])
+def test_distances_whose_powers_leave_float64_are_exact(p, scale):
+    # Cubes of values ~1e120 overflowed (every distance inf) and those of
+    # 1e-120 underflowed (every distance 0), as in scikit-learn; squares of
+    # 1e-163 too. The answer at scale s is s times the one at scale 1.
+    rng = np.random.RandomState(0)
+    X, Q = rng.randn(60, 4), rng.randn(8, 4)
+    ref = NearestNeighbors(n_neighbors=4, metric="minkowski", p=p).fit(X)
+    ref_dist, ref_ind = ref.kneighbors(Q)
+    radius = float(np.median(ref_dist[:, 2:]))
+    ref_ball = ref.radius_neighbors(Q, radius, return_distance=False)
+    for est in exact_estimators(4, "minkowski"):
+        est.set_params(p=p).fit(X * scale)
+        dist, ind = est.kneighbors(Q * scale)
+        assert_allclose(dist, ref_dist * scale, rtol=1e-12)
+        assert_array_equal(ind, ref_ind)
+        ball = est.radius_neighbors(Q * scale, radius * scale, return_distance=False)
+        for got, want in zip(ball, ref_ball):
+            assert_array_equal(np.sort(got), np.sort(want))
 
 
 def test_float64_values_beyond_range_are_a_clear_error():

@@ -251,6 +251,33 @@ def test_compiled_kernel_matches_paired_distances(metric, dtype, rng):
     assert_array_equal(visited, compiled)
 
 
+@pytest.mark.parametrize("metric, p, scale", [
+    ("minkowski", 3, 2.0**400),  # the sums of cubes overflow
+    ("minkowski", 3, 2.0**-400),  # ... underflow
+    ("minkowski", 50, 2.0**-24),  # differences ~6e-8 to the power 50 underflow
+    ("euclidean", 2, 2.0**-540),  # squares below float64's range
+    ("sqeuclidean", 2, 2.0**-500),  # squares subnormal (summed again: the same)
+])
+def test_sums_of_powers_out_of_range_are_exact(metric, p, scale, rng):
+    # Distances are homogeneous: at scale s they are s times those at 1 (s**2
+    # for sqeuclidean), which float64 gives directly (powers of two: exact).
+    from skknn._kernels import candidate_distances
+
+    X, Q = rng.randn(40, 5), rng.randn(6, 5)
+    m = resolve_metric(metric, p)
+    unit = scale**2 if metric == "sqeuclidean" else scale
+    expected = m.paired(Q[:, None, :], X[None]) * unit
+    cand = np.broadcast_to(np.arange(40), (6, 40))
+    routes = {"paired": m.paired(Q[:, None, :] * scale, X[None] * scale),
+              "compiled": candidate_distances(m, Q * scale, X * scale, cand)}
+    if not m.is_dot_product:
+        routes["cdist"] = m.cdist(Q * scale, X * scale)
+    for route, D in routes.items():
+        assert_allclose(D, expected, rtol=1e-13, atol=0, err_msg=route)
+    X[3] = Q[0]  # a distance of exactly 0 stays 0
+    assert m.paired(Q[:1] * scale, X[3:4] * scale)[0] == 0.0
+
+
 _FRESH_PROCESS = """
 import pickle, sys, numpy as np
 import skknn._kernels as kernels
