@@ -30,6 +30,11 @@ _EXTRA_SELECTED = 8
 # larger blocks do not make the matrix products faster, only the peak memory
 # higher.
 _MAX_CHUNK_BYTES = 128 * 2**20
+# Absolute slack of the float64 reference's bounds (prepared rows have norms
+# ~1): products below float64's normal range (rows within ~1e-154 of each
+# other or of the centre) are rounded to 2**-1074, which the relative bound
+# does not cover.
+_REFERENCE_ABS_SLACK = 2.0**-1000
 # Queries with more exactly re-ranked candidates than this many per neighbour
 # (ties, or data the ranking cannot separate) are re-ranked one by one.
 _PACKED_PER_NEIGHBOR = 4
@@ -225,10 +230,10 @@ def reference_kneighbors(space, q, k):
 
     Used to measure ``recall_``: it shares neither the float32 ranking rows
     nor their error bound nor the compiled kernel with the searches it
-    measures. Dot-product metrics: float64 expanded distances of centred
-    (cosine: unit) rows, lowered by their own error bound, select ``k`` plus
-    a few per query, merged over chunks of fitted rows; their distances are
-    then recomputed from differences. Where the bounds cannot vouch for a
+    measures. Dot-product metrics: float64 expanded distances of centred and
+    scaled (cosine: unit) rows, lowered by their own error bound, select
+    ``k`` plus a few per query, merged over chunks of fitted rows; their
+    distances are then recomputed from differences. Where the bounds cannot vouch for a
     query's selection (neighbours closer than float64 cancellation resolves,
     e.g. cosine distances of 1e-15), every row the bounds leave in doubt is
     recomputed too.
@@ -254,7 +259,8 @@ def reference_kneighbors(space, q, k):
         dist[rows] = metric.paired(q.data[rows, None, :], X[ind[rows]])
     # The k-th smallest upper bound of the selected rows is at least the
     # exact k-th value; rows left out have lower bounds of low[:, -1] on.
-    upper = low + 2 * _reference_tol(X.shape[1]) * (q_sq[:, None] + x_sq[ind])
+    upper = low + 2 * _reference_tol(X.shape[1]) * (q_sq[:, None] + x_sq[ind]) + (
+        2 * _REFERENCE_ABS_SLACK)
     upper_k = np.partition(upper, k - 1, axis=1)[:, k - 1]
     dist, ind = _sorted_topk(dist, ind, k)
     if n_select == len(X):
@@ -290,6 +296,7 @@ def _lower_bounds(space, Qp, q_sq, A):
     else:
         D += (1 - tol) * q_sq[:, None]
         D += (1 - tol) * a_sq[None, :]
+    D -= _REFERENCE_ABS_SLACK
     return D, a_sq
 
 
@@ -317,7 +324,12 @@ def _prepare64(space, A):
         unit, zero = _unit_rows(A)
         unit[zero] = 0.0
         return unit
-    return A - space.centre
+    # Scaled as the ranking rows are (by a power of two: exact): data of
+    # 1e-160 would otherwise have products below float64's normal range,
+    # whose rounding the relative bounds do not cover.
+    A -= space.centre
+    A *= space.block_scale
+    return A
 
 
 def _merge_over_rows(Q, n_rows, k, block):

@@ -278,6 +278,19 @@ def test_sums_of_powers_out_of_range_are_exact(metric, p, scale, rng):
     assert m.paired(Q[:1] * scale, X[3:4] * scale)[0] == 0.0
 
 
+def test_reference_at_a_scale_below_float64_products(rng):
+    # Rows ~1e-163: the float64 reference selected by products that underflow
+    # (all ~0), which its relative bounds took as exact.
+    X, Q = rng.randn(400, 8), rng.randn(30, 8)
+    expected = search.reference_kneighbors(make_space("euclidean", X),
+                                           make_space("euclidean", X).rows(Q), 5)
+    scale = 2.0**-540
+    space = make_space("euclidean", X * scale)
+    dist, ind = search.reference_kneighbors(space, space.rows(Q * scale), 5)
+    assert_array_equal(ind, expected[1])
+    assert_allclose(dist, expected[0] * scale, rtol=1e-13)
+
+
 _FRESH_PROCESS = """
 import pickle, sys, numpy as np
 import skknn._kernels as kernels
