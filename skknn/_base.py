@@ -202,7 +202,7 @@ class NeighborsGraphMixin(TransformerMixin):
     def _check_n_neighbors(self, n_neighbors):
         if n_neighbors is None:
             return self.n_neighbors
-        if not isinstance(n_neighbors, numbers.Integral):
+        if not isinstance(n_neighbors, numbers.Integral) or isinstance(n_neighbors, bool):
             raise TypeError(
                 f"n_neighbors does not take {type(n_neighbors)} value, enter integer value"
             )
@@ -215,7 +215,7 @@ class NeighborsGraphMixin(TransformerMixin):
         if sort_results and not return_distance:
             raise ValueError("return_distance must be True if sort_results is True.")
         radius = self.radius if radius is None else radius
-        if not isinstance(radius, Real) or not radius >= 0:
+        if not isinstance(radius, Real) or isinstance(radius, bool) or not radius >= 0:
             raise ValueError(f"radius must be a non-negative number, got {radius!r}.")
         return float(radius)
 

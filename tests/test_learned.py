@@ -397,8 +397,12 @@ def test_bad_query_input(rng):
         nn.kneighbors(n_neighbors=0)
     with pytest.raises(TypeError, match="enter integer value"):
         nn.kneighbors(n_neighbors=2.5)
+    with pytest.raises(TypeError, match="enter integer value"):  # as scikit-learn
+        nn.kneighbors(n_neighbors=True)
     with pytest.raises(ValueError, match="radius must be a non-negative"):
         nn.radius_neighbors(radius=-1.0)
+    with pytest.raises(ValueError, match="radius must be a non-negative"):
+        nn.radius_neighbors(radius=True)
 
 
 def test_one_training_sample_behaves_like_sklearn():
