@@ -366,10 +366,10 @@ class ClusterFilteredKNN(ClusterSearchMixin, SearchBase):
         # Drawn first, so that the routers share one partition for one
         # random_state.
         partition_seed = draw_seed(rng)
-        # The partition, the router and the routes all work on the ranking
+        # The partition, the router and the routes all work on the routing
         # rows: centred and scaled (unit rows for cosine), so that neither far
-        # offsets nor extreme scales reach them.
-        B = self._space.fitted.block
+        # offsets nor extreme scales reach them (Space.routing_rows).
+        B = self._space.routing_rows(self._space.fitted.block)
         learned = self.router == "mlp" and n_clusters > 1
         axes = codes = None
         if learned or (self.partition_ == "graph" and not exact_graph(n_samples)):
@@ -467,7 +467,7 @@ class ClusterFilteredKNN(ClusterSearchMixin, SearchBase):
         block, stored = self._space.fitted.block, self._space.positions(train_rows)
         inputs = np.empty((len(train_rows), n_inputs), dtype=np.float32)
         for rows in gen_batches(len(train_rows), _QUERY_BATCH):
-            inputs[rows] = self._router_input(block[stored[rows]])
+            inputs[rows] = self._router_input(self._space.routing_rows(block[stored[rows]]))
         self._router_sqmax = max_sqnorm(inputs)
         model = build_mlp(
             n_inputs, hidden + [self.n_clusters_], ["relu"] * len(hidden) + ["linear"],
@@ -481,8 +481,8 @@ class ClusterFilteredKNN(ClusterSearchMixin, SearchBase):
         self._router = MLPWeights.from_keras(model)
 
     def _router_input(self, B):
-        """The router's inputs for ranking rows ``B``: standardised leading
-        principal components, float32."""
+        """The router's inputs for routing rows ``B`` (``Space.routing_rows``):
+        standardised leading principal components, float32."""
         if B.dtype == np.float32 and self._space.metric.is_dot_product:
             # Ranking rows are centred already: subtract the projected offset
             # after the product, with no copy of B.
@@ -517,6 +517,7 @@ class ClusterFilteredKNN(ClusterSearchMixin, SearchBase):
     def _route(self, B, params):
         """Clusters each query (ranking rows ``B``) probes, most promising
         first; -1 pads the rows of queries that probe fewer."""
+        B = self._space.routing_rows(B)
         n_probe = params.get("n_probe")
         if n_probe is not None:
             n_probe = min(n_probe, self.n_clusters_)
