@@ -403,7 +403,8 @@ class LearnedNeighbors(SearchBase):
         exactly by the caller.
         """
         if self.embedder_ is None:
-            Z = X
+            # The rows centred and scaled (unit rows for cosine), float32.
+            Z = self._space.scaled_rows(X)
         else:
             with np.errstate(over="ignore", invalid="ignore"):
                 Z = self.embedder_.transform(X)

@@ -416,6 +416,14 @@ class Space:
             B = B / self._routing[1] + self._routing[0]
         return B.astype(self.dtype)
 
+    def scaled_rows(self, data):
+        """Float32 rows of ``data`` in which neighbours are those of ``data``
+        under the metric: the routing rows of its ranking form (centred and
+        scaled; unit rows for cosine). What an index of the rows themselves
+        is built on: float32 casts of the rows as given overflow beyond
+        3.4e38 and collapse offsets."""
+        return self.routing_rows(self._ranking_form(np.asarray(data, dtype=self.dtype))[0])
+
     def routing_rows(self, block):
         """Ranking rows ``block`` as partitions and routers see them.
 

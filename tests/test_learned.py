@@ -492,6 +492,26 @@ def test_candidate_backends(backend, backend_data):
         assert_allclose(true[i], d, rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("scale, offset", [(2.0**200, 0.0), (2.0**-200, 0.0), (1.0, 1e7)])
+def test_an_index_of_the_rows_sees_them_centred_and_scaled(backend, scale, offset,
+                                                          backend_data):
+    # Indexes of the rows themselves (passthrough) got float32 casts of the
+    # rows as given: beyond 3.4e38 pynndescent and the inverted file raised
+    # (inf), and hnswlib's recall fell to 0.01 there and below 1e-38 (zeros).
+    if BACKENDS[backend]:
+        pytest.importorskip(BACKENDS[backend])
+    from skknn._search import recall_at_k
+
+    X, Q = backend_data
+    ref_dist = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(Q)[0]
+    nn = LearnedNeighbors(n_neighbors=5, embedder="passthrough", backend=backend,
+                          random_state=0).fit((X + offset) * scale)
+    dist = nn.kneighbors((Q + offset) * scale)[0]
+    # (Rows + 1e7: distances known to ~1e-9 relative.)
+    assert recall_at_k(dist / scale, ref_dist, rtol=1e-6) >= 0.95 and nn.recall_ >= 0.95
+
+
 def test_every_backend_loads_in_a_fresh_process(backend_data, tmp_path):
     X, Q = backend_data
     fitted = {}
