@@ -57,7 +57,8 @@ _BLOCK_REACH = 40
 MAX_ABS_VALUE = 2.0**500
 #: Sums of powers of differences (Euclidean, Minkowski) computed as they
 #: stand are used where they lie in this range; others are computed again
-#: from the differences divided by the largest (:func:`_scaled_power_sums`).
+#: from the differences divided by the largest (``Metric._powered``, and
+#: ``scaled_pow_diff`` in the compiled kernel).
 #: Above, the sum overflowed (Minkowski ``p > 2`` on values well within
 #: ``MAX_ABS_VALUE``, or a large ``p``); below, it may have lost digits to
 #: subnormal terms, or underflowed to 0 (e.g. data ~1e-160, or differences

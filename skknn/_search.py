@@ -233,10 +233,10 @@ def reference_kneighbors(space, q, k):
     measures. Dot-product metrics: float64 expanded distances of centred and
     scaled (cosine: unit) rows, lowered by their own error bound, select
     ``k`` plus a few per query, merged over chunks of fitted rows; their
-    distances are then recomputed from differences. Where the bounds cannot vouch for a
-    query's selection (neighbours closer than float64 cancellation resolves,
-    e.g. cosine distances of 1e-15), every row the bounds leave in doubt is
-    recomputed too.
+    distances are then recomputed from differences. Where the bounds cannot
+    vouch for a query's selection (neighbours closer than float64
+    cancellation resolves, e.g. cosine distances of 1e-15), every row the
+    bounds leave in doubt is recomputed too.
     """
     X = space.fitted.data
     metric = space.metric
