@@ -539,7 +539,7 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstim
                                  self.search_params_, self_included=query_is_train)
         if query_is_train:
             dist, ind = drop_self(dist, ind, np.arange(n_queries))
-        dist = dist.astype(self._space.dtype)
+        dist = dist.astype(self._space.out_dtype)
         return (dist, ind) if return_distance else ind
 
     def radius_neighbors(self, X=None, radius=None, return_distance=True, sort_results=False):
@@ -576,7 +576,7 @@ class SearchBase(ClassNamePrefixFeaturesOutMixin, NeighborsGraphMixin, BaseEstim
         dists, inds = [], []
         for d_row, i_row in self._radius_rows(rows_of, n_queries, radius, self.search_params_):
             order = np.argsort(i_row, kind="stable")  # in row-number order
-            dists.append(d_row[order].astype(self._space.dtype))
+            dists.append(d_row[order].astype(self._space.out_dtype))
             inds.append(i_row[order])
         for row in range(n_queries):
             keep = np.ones(len(inds[row]), dtype=bool)

@@ -618,7 +618,7 @@ class ClusterFilteredKNN(ClusterSearchMixin, SearchBase):
             q, probes = rows_of(batch), clusters[batch]
             dist, ind = self._probe_knn(q.prepare(self._n_jobs), n_neighbors, probes,
                                         self._n_jobs)
-            dists.append(dist.astype(self._space.dtype))
+            dists.append(dist.astype(self._space.out_dtype))
             inds.append(self._space.to_ids(ind))
         if not dists:
             dists, inds = [np.empty((0, n_neighbors))], [np.empty((0, n_neighbors), np.intp)]

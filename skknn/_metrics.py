@@ -318,6 +318,14 @@ class Space:
         # The centre and scale of routing_rows for the other metrics.
         self._routing = None
 
+    @property
+    def out_dtype(self):
+        """The dtype of returned distances: the data's, except float64 for
+        sqeuclidean, as in scikit-learn: squared distances of float32 values
+        leave float32's range (rows ~1e20 are 1e40 apart squared: inf; rows
+        ~1e-20, 1e-40: subnormal, digits lost)."""
+        return np.dtype(np.float64) if self.metric.name == "sqeuclidean" else self.dtype
+
     def __setstate__(self, state):
         # Unpickled (e.g. in a fresh process): load the kernel ahead of the
         # first query.

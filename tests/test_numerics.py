@@ -89,7 +89,8 @@ def test_exact_settings_equal_float64_brute_force_at_any_offset_and_scale(
     rtol = 4 * np.finfo(X.dtype).eps if X.dtype == np.float32 else 1e-9
     for est in exact_estimators(k, metric):
         dist, ind = est.fit(X).kneighbors(Q)
-        assert dist.dtype == X.dtype
+        # (Squared distances in float64, as scikit-learn: see below.)
+        assert dist.dtype == (np.float64 if metric == "sqeuclidean" else X.dtype)
         assert_exact(dist, ind, ref_dist, ref_ind, rtol, (type(est).__name__, "brute force"))
         assert est.recall_ == 1.0
 
@@ -182,6 +183,24 @@ def test_distances_whose_powers_leave_float64_are_exact(p, scale):
         ball = est.radius_neighbors(Q * scale, radius * scale, return_distance=False)
         for got, want in zip(ball, ref_ball):
             assert_array_equal(np.sort(got), np.sort(want))
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_squared_distances_of_float32_rows_are_float64(scale):
+    # Returned in float32, squares of rows ~1e20 apart were inf, and those of
+    # rows ~1e-20 apart subnormal (digits lost); scikit-learn returns float64.
+    rng = np.random.RandomState(0)
+    X = (rng.randn(50, 3) * scale).astype(np.float32)
+    ref_dist, ref_ind = brute_force64(X, X[:5], 3, "sqeuclidean")
+    for est in exact_estimators(3, "sqeuclidean"):
+        est.fit(X)
+        dist, ind = est.kneighbors(X[:5])
+        assert dist.dtype == np.float64
+        assert_allclose(dist, ref_dist, rtol=1e-12)
+        graph = est.kneighbors_graph(X[:5], mode="distance")
+        assert graph.dtype == np.float64 and np.isfinite(graph.data).all()
+        ball = est.radius_neighbors(X[:5], radius=float(ref_dist[:, 1].max()))[0]
+        assert all(b.dtype == np.float64 and np.isfinite(b).all() for b in ball)
 
 
 def test_float64_values_beyond_range_are_a_clear_error():
