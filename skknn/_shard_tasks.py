@@ -75,7 +75,7 @@ def _summary(shard):
         "eval_rows": shard._eval_rows,
         "efforts": list(shard._search_efforts()),
         "default": shard._default_search_params(),
-        "dtype": shard._space.out_dtype,
+        "out_dtype": shard._space.out_dtype,
         "metric": (shard.effective_metric_, shard.effective_metric_params_),
     }
 

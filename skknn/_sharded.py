@@ -312,7 +312,7 @@ class ShardedNeighbors(ShardFanOut, NeighborsGraphMixin, BaseEstimator):
             for rows in router.shard_rows:
                 self._row_local[rows] = np.arange(len(rows))
         self.n_samples_fit_ = n_samples
-        self._dtype = np.dtype(summaries[0]["dtype"])
+        self._dtype = np.dtype(summaries[0]["out_dtype"])  # of returned distances
         self.effective_metric_, self.effective_metric_params_ = summaries[0]["metric"]
         self._tune(summaries, rng)
 
