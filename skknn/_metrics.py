@@ -426,11 +426,15 @@ class Space:
         return B.astype(self.dtype)
 
     def scaled_rows(self, data):
-        """Float32 rows of ``data`` in which neighbours are those of ``data``
-        under the metric: the routing rows of its ranking form (centred and
-        scaled; unit rows for cosine). What an index of the rows themselves
-        is built on: float32 casts of the rows as given overflow beyond
-        3.4e38 and collapse offsets."""
+        """Float32 rows of ``data`` (as :meth:`unit_raw` gives them) in which
+        neighbours are those of ``data`` under the metric: the routing rows
+        of its ranking form (centred and scaled; for cosine the unit rows,
+        cast). What an index of the rows themselves is built on: float32
+        casts of the rows as given overflow beyond 3.4e38 and collapse
+        offsets."""
+        if self.metric.name == "cosine":
+            # Unit rows already: normalising again gives the same float32 rows.
+            return np.asarray(data, dtype=np.float32)
         return self.routing_rows(self._ranking_form(np.asarray(data, dtype=self.dtype))[0])
 
     def routing_rows(self, block):
