@@ -282,8 +282,8 @@ def test_reference_at_a_scale_below_float64_products(rng):
     # Rows ~1e-163: the float64 reference selected by products that underflow
     # (all ~0), which its relative bounds took as exact.
     X, Q = rng.randn(400, 8), rng.randn(30, 8)
-    expected = search.reference_kneighbors(make_space("euclidean", X),
-                                           make_space("euclidean", X).rows(Q), 5)
+    unit = make_space("euclidean", X)
+    expected = search.reference_kneighbors(unit, unit.rows(Q), 5)
     scale = 2.0**-540
     space = make_space("euclidean", X * scale)
     dist, ind = search.reference_kneighbors(space, space.rows(Q * scale), 5)
