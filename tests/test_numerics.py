@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy import sparse
@@ -20,14 +20,14 @@ from .conftest import FAST_AE
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 SCIPY_NAMES = {"euclidean": "euclidean", "sqeuclidean": "sqeuclidean", "manhattan": "cityblock",
-               "cosine": "cosine", "chebyshev": "chebyshev"}
+               "cosine": "cosine", "chebyshev": "chebyshev", "minkowski": "minkowski"}
 
 
-def brute_force64(X, Q, k, metric):
+def brute_force64(X, Q, k, metric, **kwargs):
     """Float64 brute force from differences (scipy), ties by index; self excluded if Q is None."""
     X64 = np.asarray(X, dtype=np.float64)
     Q64 = X64 if Q is None else np.asarray(Q, dtype=np.float64)
-    D = cdist(Q64, X64, metric=SCIPY_NAMES[metric])
+    D = cdist(Q64, X64, metric=SCIPY_NAMES[metric], **kwargs)
     if Q is None:
         np.fill_diagonal(D, np.inf)
     ind = np.argsort(D, axis=1, kind="stable")[:, :k]
@@ -59,22 +59,34 @@ def exact_estimators(k, metric):
 
 
 @st.composite
-def shifted_scaled(draw):
+def shifted_scaled(draw, powers_of_two=False):
+    """``(X, Q, k)``; with ``powers_of_two``, ``(X, Q, k, scale)`` where the
+    scale is a power of two over most of the dtype's range (float32 2**±100,
+    float64 2**±460, the values staying below MAX_ABS_VALUE = 2**500): the
+    rows at scale 1 are then ``X / scale`` exactly."""
     n = draw(st.integers(4, 40))
     d = draw(st.integers(1, 6))
     seed = draw(st.integers(0, 2**16))
     rng = np.random.RandomState(seed)
-    scale = 10.0 ** draw(st.floats(-12, 12))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    if powers_of_two:
+        reach = 100 if dtype == np.float32 else 460
+        scale = 2.0 ** draw(st.integers(-reach, reach))
+    else:
+        scale = 10.0 ** draw(st.floats(-12, 12))
     offset = draw(st.sampled_from([0.0, 1.0, 1e3, 1e6])) * draw(st.sampled_from([1, -1]))
     base = rng.randn(n + 5, d)
     if draw(st.booleans()):  # integer grid: duplicates and ties
         base = np.round(base * 2)
     # The offset is in units of the spread: that ratio is what cancellation
     # in the expanded formula depends on.
-    data = (base + offset) * scale
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    data = ((base + offset) * scale).astype(dtype)
     k = draw(st.integers(1, n - 2))
-    return data[:n].astype(dtype), data[n:].astype(dtype), k
+    if not powers_of_two:
+        return data[:n], data[n:], k
+    # Not so for float32 rows that the scale made subnormal.
+    assume(np.array_equal(data / scale, (base + offset).astype(dtype)))
+    return data[:n], data[n:], k, scale
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "manhattan", "chebyshev"])
@@ -91,6 +103,27 @@ def test_exact_settings_equal_float64_brute_force_at_any_offset_and_scale(
         dist, ind = est.fit(X).kneighbors(Q)
         # (Squared distances in float64, as scikit-learn: see below.)
         assert dist.dtype == (np.float64 if metric == "sqeuclidean" else X.dtype)
+        assert_exact(dist, ind, ref_dist, ref_ind, rtol, (type(est).__name__, "brute force"))
+        assert est.recall_ == 1.0
+
+
+@pytest.mark.parametrize("metric, p", [("sqeuclidean", 2), ("minkowski", 3)])
+@given(problem=shifted_scaled(powers_of_two=True), query_is_train=st.booleans())
+def test_exact_settings_at_power_of_two_scales_over_the_whole_range(
+    metric, p, problem, query_is_train
+):
+    # Squares and cubes of these differences leave float64 (and squares of
+    # float32 differences leave float32): the answer at scale 2**e must still
+    # be the one at scale 1 times 2**e (squared for sqeuclidean).
+    X, Q, k, scale = problem
+    kwargs = {"p": p} if metric == "minkowski" else {}
+    ref_dist, ref_ind = brute_force64(np.float64(1 / scale) * X,
+                                      None if query_is_train else np.float64(1 / scale) * Q,
+                                      k, metric, **kwargs)
+    ref_dist *= scale**2 if metric == "sqeuclidean" else scale
+    rtol = 4 * np.finfo(X.dtype).eps if X.dtype == np.float32 else 1e-9
+    for est in exact_estimators(k, metric):
+        dist, ind = est.set_params(**kwargs).fit(X).kneighbors(None if query_is_train else Q)
         assert_exact(dist, ind, ref_dist, ref_ind, rtol, (type(est).__name__, "brute force"))
         assert est.recall_ == 1.0
 
