@@ -112,9 +112,9 @@ def test_exact_settings_equal_float64_brute_force_at_any_offset_and_scale(
 def test_exact_settings_at_power_of_two_scales_over_the_whole_range(
     metric, p, problem, query_is_train
 ):
-    # Squares and cubes of these differences leave float64 (and squares of
-    # float32 differences leave float32): the answer at scale 2**e must still
-    # be the one at scale 1 times 2**e (squared for sqeuclidean).
+    # Cubes of these differences leave float64, and squares of the float32
+    # ones leave float32: the answer at scale 2**e must still be the one at
+    # scale 1 times 2**e (squared for sqeuclidean).
     X, Q, k, scale = problem
     kwargs = {"p": p} if metric == "minkowski" else {}
     ref_dist, ref_ind = brute_force64(np.float64(1 / scale) * X,
