@@ -43,6 +43,8 @@ SUPPORTED_METRICS = tuple(sorted(_ALIASES))
 _CDIST_NAMES = {"manhattan": "cityblock", "chebyshev": "chebyshev", "minkowski": "minkowski"}
 # Rows transformed to float64 at once (bounds the temporaries of Space).
 _ROW_CHUNK = 4096
+# Values (pairs x features) of the differences re-summed at once by Metric.cdist.
+_PAIR_VALUES = 2**20
 
 # inlier_rows: rows farther from the coordinate-wise median than this many
 # times the median row are outliers for the scalings fitted on the data;
@@ -99,9 +101,13 @@ class Metric:
             # Sums of powers out of POWER_SUM_RANGE: again, scaled.
             low, high = (bound ** (1.0 / self.p) for bound in POWER_SUM_RANGE)
             i, j = np.nonzero(~((D >= low) & (D < high)))
-            if len(i):
-                D[i, j] = self._powered(np.asarray(A)[i].astype(np.float64)
-                                        - np.asarray(B)[j].astype(np.float64))
+            # A batch of pairs at a time: their differences are (pairs x
+            # features), up to features times the size of D.
+            batch = max(1, _PAIR_VALUES // max(1, np.shape(A)[1]))
+            for start in range(0, len(i), batch):
+                rows, cols = i[start:start + batch], j[start:start + batch]
+                D[rows, cols] = self._powered(np.asarray(A)[rows].astype(np.float64)
+                                              - np.asarray(B)[cols].astype(np.float64))
         return D
 
     def paired(self, A, B):
