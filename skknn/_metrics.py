@@ -45,6 +45,10 @@ _CDIST_NAMES = {"manhattan": "cityblock", "chebyshev": "chebyshev", "minkowski":
 _ROW_CHUNK = 4096
 # Values (pairs x features) of the differences re-summed at once by Metric.cdist.
 _PAIR_VALUES = 2**20
+# Metric.cdist scales the rows first where the typical row's magnitude to the
+# power p is beyond 2**+-_POWER_BITS: well inside float64's 2**+-1022, with
+# room for the number of features and the rows' spread.
+_POWER_BITS = 256
 
 # inlier_rows: rows farther from the coordinate-wise median than this many
 # times the median row are outliers for the scalings fitted on the data;
@@ -95,19 +99,35 @@ class Metric:
         """Exact float64 distances (scipy, from differences) for the other metrics."""
         from scipy.spatial.distance import cdist
 
-        kw = {"p": self.p} if self.name == "minkowski" else {}
-        D = cdist(A, B, metric=_CDIST_NAMES[self.name], **kw)
-        if self.name == "minkowski":
-            # Sums of powers out of POWER_SUM_RANGE: again, scaled.
-            low, high = (bound ** (1.0 / self.p) for bound in POWER_SUM_RANGE)
-            i, j = np.nonzero(~((D >= low) & (D < high)))
-            # A batch of pairs at a time: their differences are (pairs x
-            # features), up to features times the size of D.
-            batch = max(1, _PAIR_VALUES // max(1, np.shape(A)[1]))
-            for start in range(0, len(i), batch):
-                rows, cols = i[start:start + batch], j[start:start + batch]
-                D[rows, cols] = self._powered(np.asarray(A)[rows].astype(np.float64)
-                                              - np.asarray(B)[cols].astype(np.float64))
+        if self.name != "minkowski":
+            return cdist(A, B, metric=_CDIST_NAMES[self.name])
+        # Rows far from 1 in magnitude (the typical row, so that an outlier
+        # does not decide): divided by a power of two (exact), so that the
+        # sums of powers of most pairs lie in POWER_SUM_RANGE; rows near 1 as
+        # they are.
+        magnitudes = np.concatenate([np.abs(A).max(axis=1, initial=0.0),
+                                     np.abs(B).max(axis=1, initial=0.0)])
+        typical = np.median(magnitudes) if len(magnitudes) else 0.0
+        unit = 1.0
+        if self.p * abs(np.frexp(typical)[1]) > _POWER_BITS:
+            unit = _power_of_two_inverse(typical)
+            D = cdist(np.multiply(A, unit, dtype=np.float64),
+                      np.multiply(B, unit, dtype=np.float64), metric="minkowski", p=self.p)
+        else:
+            D = cdist(A, B, metric="minkowski", p=self.p)
+        # Sums of powers out of POWER_SUM_RANGE: again, from the differences
+        # divided by the largest.
+        low, high = (bound ** (1.0 / self.p) for bound in POWER_SUM_RANGE)
+        i, j = np.nonzero(~((D >= low) & (D < high)))
+        if unit != 1.0:
+            D /= unit
+        # A batch of pairs at a time: their differences are (pairs x
+        # features), up to features times the size of D.
+        batch = max(1, _PAIR_VALUES // max(1, np.shape(A)[1]))
+        for start in range(0, len(i), batch):
+            rows, cols = i[start:start + batch], j[start:start + batch]
+            D[rows, cols] = self._powered(np.asarray(A)[rows].astype(np.float64)
+                                          - np.asarray(B)[cols].astype(np.float64))
         return D
 
     def paired(self, A, B):

@@ -219,25 +219,67 @@ def test_distances_whose_powers_leave_float64_are_exact(p, scale):
 
 
 def test_minkowski_distances_summed_again_in_bounded_memory():
-    # Every pair of rows ~1e120 is summed again from its differences; all of
+    # The pairs out of range are summed again from their differences; all of
     # them at once took (pairs x features) floats: 15 GB and growing for
-    # 2,000 x 20,000 rows of 128 features. Here a 635 MB peak before, 35 MB
-    # in batches.
+    # 2,000 x 20,000 rows of 128 features. Here the queries ~1e-120 and half
+    # of the rows ~1e120: the rows are scaled for the typical row (~1e-120),
+    # and the 200 x 1,000 pairs with a row ~1e120 overflow. A 305 MiB peak
+    # all at once, 32 MiB in batches.
     import tracemalloc
 
     from skknn._metrics import resolve_metric
 
     rng = np.random.RandomState(0)
     A, B = rng.randn(200, 64), rng.randn(2000, 64)
+    scales = np.where(np.arange(2000) < 1000, 1e120, 1e-120)[:, None]
     metric = resolve_metric("minkowski", p=3)
     tracemalloc.start()
     try:
-        D = metric.cdist(A * 1e120, B * 1e120)
+        D = metric.cdist(A * 1e-120, B * scales)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 80 * 2**20
-    assert_allclose(D, cdist(A, B, "minkowski", p=3) * 1e120, rtol=1e-12)
+    want = cdist(A, B, "minkowski", p=3)
+    want[:, :1000] = cdist(A * 1e-240, B[:1000], "minkowski", p=3) * 1e120
+    assert_allclose(D[:, 1000:], want[:, 1000:] * 1e-120, rtol=1e-12)
+    assert_allclose(D[:, :1000], want[:, :1000], rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [2.0**400, 2.0**-400, 1e30])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_minkowski_rows_far_from_one_are_scaled_not_summed_again(scale, dtype, monkeypatch):
+    # Cubes of rows ~2**400 overflow and those of 2**-400 underflow: every
+    # pair was summed again from its differences in NumPy (10x the time of
+    # scipy's cdist at 1e120). The rows are now divided by a power of two
+    # near the typical row's magnitude, and only an outlier's pairs are
+    # summed again.
+    from skknn._metrics import Metric, resolve_metric
+
+    if dtype == np.float32 and scale != 1e30:
+        pytest.skip("beyond float32")
+    rng = np.random.RandomState(0)
+    A, B = rng.randn(30, 8), rng.randn(300, 8)
+    # An outlier, far beyond the typical row: scaled for it, the typical
+    # rows' cubes would underflow (float64).
+    B[7] *= 2.0**350 if dtype == np.float64 else 2.0**20
+    resummed = []
+    powered = Metric._powered
+
+    def counted(self, diff):
+        resummed.append(len(diff))
+        return powered(self, diff)
+
+    monkeypatch.setattr(Metric, "_powered", counted)
+    D = resolve_metric("minkowski", p=3).cdist((A * scale).astype(dtype),
+                                                (B * scale).astype(dtype))
+    # Each pair's differences at scale 1, divided by the largest.
+    diff = np.abs((A * scale).astype(dtype).astype(np.float64)[:, None] / scale
+                  - (B * scale).astype(dtype).astype(np.float64)[None] / scale)
+    top = diff.max(axis=2)
+    want = top * np.cbrt(((diff / top[..., None]) ** 3).sum(axis=2))
+    assert_allclose(D, want * scale, rtol=1e-12)
+    assert sum(resummed) <= len(A)  # at most the outlier's pairs
 
 
 @pytest.mark.parametrize("scale", [1e20, 1e-20])
