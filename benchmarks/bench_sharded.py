@@ -20,18 +20,20 @@ force. Measured in one run, k = 10:
 * ``2 replicas``: ``ShardedNeighbors(estimator, n_shards=1, replicas=2)`` on
   two such workers: the whole index on each, the queries shared.
 
-For each: fit seconds, and over the search efforts queries/s and recall@10
-(of the queries timed); the table gives, for each number of queries per
-call, q/s at the cheapest effort reaching ``--recall`` ("step") and at
-exactly ``--recall`` ("interp.": the time per query interpolated linearly in
-recall between the two efforts around it, which splitting the queries
-between those two efforts would give; it takes the coarseness of the effort
-grid out of the comparison), and the peak resident memory of each worker
-process. Then ``--stream`` query rows as
-a dask array (generated on the workers, 50,000 rows a chunk) are searched
-lazily and reduced, with the workers' memory sampled every 0.2 s: flat memory
-means the peak does not grow with the number of rows streamed (printed at a
-quarter and at all of them).
+For each: fit seconds (logged with each shard's rows and training epochs: a
+fit on several workers waits for its slowest shard, and early stopping gives
+shards of the same size different epochs), and over the search efforts
+queries/s and recall@10 (of the queries timed); the table gives, for each
+number of queries per call, q/s at the cheapest effort reaching ``--recall``
+("step") and at exactly ``--recall`` ("interp.": the time per query
+interpolated linearly in recall between the two efforts around it, which
+splitting the queries between those two efforts would give; it takes the
+coarseness of the effort grid out of the comparison), and the peak resident
+memory of each worker process. Then ``--stream`` query rows as a dask array
+(generated on the workers, 50,000 rows a chunk) are searched lazily and
+reduced, with the workers' memory sampled every 0.2 s: flat memory means the
+peak does not grow with the number of rows streamed (printed at a quarter and
+at all of them).
 """
 
 import argparse
@@ -118,6 +120,12 @@ def _worker_peaks(client):
     return sorted(client.run(_peak_rss_mb).values())
 
 
+def _epochs(estimator):
+    """Training epochs of a fitted estimator's network (its router or embedder)."""
+    embedder = getattr(estimator, "embedder_", None)
+    return getattr(estimator, "n_iter_", getattr(embedder, "n_iter_", None))
+
+
 def _worker_rss(client):
     def rss():
         import psutil
@@ -141,10 +149,14 @@ def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=
         sharded = ShardedNeighbors(estimator, n_shards=n_shards, replicas=replicas,
                                    placement=placement, client=client).fit(X)
         fit_s = time.perf_counter() - start
+        shards = sharded.gather_shards()
+        # The fit waits for the slowest shard: its rows and training epochs.
+        shard_rows = [s.n_samples_fit_ for s in shards]
+        shard_epochs = [_epochs(s) for s in shards]
         _log(f"{n_workers} worker(s), {n_shards} shard(s) x {replicas}, {placement}: fit "
              f"{fit_s:.1f} s, recall_={sharded.recall_:.4f}, coarse_probe_="
-             f"{sharded.coarse_probe_}")
-        efforts = list(zip(*[s._search_efforts() for s in sharded.gather_shards()]))
+             f"{sharded.coarse_probe_}; shards' rows {shard_rows}, epochs {shard_epochs}")
+        efforts = list(zip(*[s._search_efforts() for s in shards]))
 
         def set_effort(effort):
             sharded.search_params_ = list(effort)
@@ -152,6 +164,7 @@ def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=
         rows = _sweep(sharded.kneighbors, set_effort, efforts, Q, exact_dist, args.queries)
         rows = {size: [(e[0], r, q) for e, r, q in sweep] for size, sweep in rows.items()}
         result = {"fit_s": fit_s, "sweep": rows,
+                  "shard_rows": shard_rows, "shard_epochs": shard_epochs,
                   "coarse_probe": sharded.coarse_probe_,
                   # Shards a query visits (all of them with placement='rows').
                   "shards_per_query": n_shards if placement == "rows" else float(
