@@ -404,7 +404,7 @@ class LearnedNeighbors(SearchBase):
         """
         if self.embedder_ is None:
             # The rows centred and scaled (unit rows for cosine), float32.
-            Z = self._space.scaled_rows(X)
+            Z = returned = self._space.scaled_rows(X)
         else:
             with np.errstate(over="ignore", invalid="ignore"):
                 Z = self.embedder_.transform(X)
@@ -414,13 +414,20 @@ class LearnedNeighbors(SearchBase):
                         f"array with one row per sample, got {type(Z).__name__} of shape "
                         f"{np.shape(Z)}."
                     )
+                returned = np.asarray(Z)
                 Z = np.array(Z, dtype=np.float32, order="C")
         finite = ~beyond_range(Z, self._code_sqmax) if queries else np.isfinite(Z).all(axis=1)
         if not finite.all():
             if not queries:
-                raise ValueError(
-                    f"embedder {type(self.embedder_).__name__} returned non-finite values."
-                )
+                name = type(self.embedder_).__name__
+                if np.isfinite(returned).all():
+                    raise ValueError(
+                        f"embedder {name} returned values beyond float32's range (largest "
+                        f"magnitude {np.abs(returned).max():.3g}); codes are indexed in "
+                        "float32. Scale the embedder's input or output (e.g. a "
+                        "StandardScaler before it)."
+                    )
+                raise ValueError(f"embedder {name} returned non-finite values.")
             Z = Z.copy() if Z is X else Z
             Z[~finite] = 0.0
         return Z, finite

@@ -443,6 +443,16 @@ def test_embedder_that_returns_sparse_output_is_rejected(rng):
         LearnedNeighbors(embedder=_SparseEmbedder(2)).fit(rng.randn(30, 4))
 
 
+def test_embedder_codes_beyond_float32_are_a_clear_error(rng):
+    # PCA of rows ~1e120 returns finite float64 codes ~1e120, which the
+    # float32 index cannot hold: the error said the embedder "returned
+    # non-finite values".
+    with pytest.raises(ValueError, match="beyond float32's range .* StandardScaler"):
+        LearnedNeighbors(embedder=PCA(2)).fit(rng.randn(30, 4) * 1e120)
+    with pytest.raises(ValueError, match="returned non-finite values"):
+        LearnedNeighbors(embedder=FunctionTransformer(np.log)).fit(-np.abs(rng.randn(30, 4)))
+
+
 def test_verbose_reports_progress(capsys, rng):
     LearnedNeighbors(embedder=PCA(2), verbose=1).fit(rng.randn(40, 4))
     out = capsys.readouterr().out
