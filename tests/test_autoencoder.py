@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -70,6 +71,16 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(digits):
 def test_warns_when_epochs_run_out(digits):
     with pytest.warns(ConvergenceWarning, match=r"\[AutoencoderEmbedder\] stopped after epochs=1"):
         AutoencoderEmbedder(**{**FAST_AE, "epochs": 1}).fit(digits[:100])
+
+
+def test_no_warning_when_epochs_run_out_after_the_loss_stopped_improving(digits):
+    # No epoch after the first beats it by tol: epochs ran out, but the loss
+    # was not still improving (this warned).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        emb = AutoencoderEmbedder(**{**FAST_AE, "epochs": 4}, n_iter_no_change=10, tol=1e9,
+                                  random_state=0).fit(digits[:100])
+    assert emb.n_iter_ == 4
 
 
 def test_training_loss_is_monitored_without_validation(digits):
