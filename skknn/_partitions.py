@@ -129,9 +129,8 @@ def metis_parts(pymetis, A, n_parts, seed, vweights=None, eweights=False):
     # 10-NN graph of 90k embedding-like rows into 317 parts, k-way cut
     # 0.29-0.34 of the edges for 25 of 30 seeds and 0.53-0.56 for the other
     # 5 (ClusterFilteredKNN then needed 1.7-2.9x the candidates at equal
-    # recall), in 1.1-1.4 s;
-    # recursive bisection cut 0.300-0.304 for all 30, in 0.7 s, with
-    # parts more even.
+    # recall), in 1.1-1.4 s; recursive bisection cut 0.300-0.304 for all
+    # 30, in 0.7 s, with parts more even.
     return pymetis.part_graph(n_parts, options=options, recursive=True, **graph_arg)[1]
 
 

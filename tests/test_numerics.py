@@ -268,12 +268,11 @@ def test_minkowski_rows_far_from_one_are_scaled_not_summed_again(scale, dtype, m
         resummed.append(len(diff))
         return powered(self, diff)
 
+    A, B = (A * scale).astype(dtype), (B * scale).astype(dtype)
     monkeypatch.setattr(Metric, "_powered", counted)
-    D = resolve_metric("minkowski", p=3).cdist((A * scale).astype(dtype),
-                                                (B * scale).astype(dtype))
+    D = resolve_metric("minkowski", p=3).cdist(A, B)
     # Each pair's differences at scale 1, divided by the largest.
-    diff = np.abs((A * scale).astype(dtype).astype(np.float64)[:, None] / scale
-                  - (B * scale).astype(dtype).astype(np.float64)[None] / scale)
+    diff = np.abs(A.astype(np.float64)[:, None] / scale - B.astype(np.float64)[None] / scale)
     top = diff.max(axis=2)
     want = top * np.cbrt(((diff / top[..., None]) ** 3).sum(axis=2))
     assert_allclose(D, want * scale, rtol=1e-12)
