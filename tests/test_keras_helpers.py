@@ -41,6 +41,32 @@ def test_mlp_without_batch_norm_is_dense_only():
     assert_allclose(network(X), np.asarray(model(X)), rtol=1e-5, atol=1e-6)
 
 
+def test_initial_weights_are_seeded_glorot_uniform_drawn_with_numpy(monkeypatch):
+    # Keras' seeded initialisers draw with the backend's random ops, which
+    # JAX compiled anew for every kernel shape (0.25-0.3 s each); the
+    # networks' kernels are drawn with NumPy, from the same distribution.
+    import_keras()  # (the backend skknn chooses, before Keras' own modules)
+    from keras.src.backend import random
+
+    def backend_random(*args, **kwargs):
+        raise AssertionError("initial weights drawn with the backend's random ops")
+
+    monkeypatch.setattr(random, "uniform", backend_random)
+
+    def kernels(seed):
+        model = build_mlp(300, [200, 5], ["relu", "linear"], seed)
+        return [W for W, _, _ in MLPWeights.from_keras(model).layers]
+
+    first, again, other = kernels(3), kernels(3), kernels(4)
+    for a, b, c in zip(first, again, other):
+        assert_allclose(a, b)
+        assert not np.allclose(a, c)
+    # Glorot uniform: within +-sqrt(6 / (fan_in + fan_out)), spread over it.
+    limit = np.sqrt(6 / (300 + 200))
+    assert np.abs(first[0]).max() <= limit
+    assert_allclose(first[0].std(), limit / np.sqrt(3), rtol=0.02)
+
+
 @pytest.mark.parametrize(
     "n_train, batch_size, expected",
     [(54_000, 256, 0.99), (540, 64, 1 - 1 / 9), (64, 64, 0.0), (10, 64, 0.0)],
