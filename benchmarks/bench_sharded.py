@@ -20,9 +20,10 @@ force. Measured in one run, k = 10:
 * ``2 replicas``: ``ShardedNeighbors(estimator, n_shards=1, replicas=2)`` on
   two such workers: the whole index on each, the queries shared.
 
-For each: fit seconds (logged with each shard's rows and training epochs: a
-fit on several workers waits for its slowest shard, and early stopping gives
-shards of the same size different epochs), and over the search efforts
+For each: fit seconds (logged with each shard's rows, training epochs and
+fit seconds on its worker: a fit on several workers waits for its slowest
+shard, early stopping gives shards of the same size different epochs, and
+two shards fitted side by side share the machine), and over the search efforts
 queries/s and recall@10 (of the queries timed); the table gives, for each
 number of queries per call, q/s at the cheapest effort reaching ``--recall``
 ("step") and at exactly ``--recall`` ("interp.": the time per query
@@ -126,6 +127,18 @@ def _epochs(estimator):
     return getattr(estimator, "n_iter_", getattr(embedder, "n_iter_", None))
 
 
+def _shard_fit_seconds(tasks):
+    """Each shard's fit task's compute seconds on its worker, in shard order
+    (from Dask's task stream; the keys are ``skknn-fit-<shard>-<token>``)."""
+    seconds = {}
+    for task in tasks:
+        if isinstance(task["key"], str) and task["key"].startswith("skknn-fit-"):
+            shard = int(task["key"].split("-")[2])
+            seconds[shard] = sum(s["stop"] - s["start"] for s in task["startstops"]
+                                 if s["action"] == "compute")
+    return [seconds[shard] for shard in sorted(seconds)]
+
+
 def _worker_rss(client):
     def rss():
         import psutil
@@ -137,7 +150,7 @@ def _worker_rss(client):
 
 def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=1,
              placement="rows"):
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, get_task_stream
 
     from skknn import ShardedNeighbors, setup_dask_workers
 
@@ -145,17 +158,21 @@ def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=
                       dashboard_address=None, memory_limit="8GiB") as cluster, \
             Client(cluster) as client:
         setup_dask_workers(client)
-        start = time.perf_counter()
-        sharded = ShardedNeighbors(estimator, n_shards=n_shards, replicas=replicas,
-                                   placement=placement, client=client).fit(X)
-        fit_s = time.perf_counter() - start
+        with get_task_stream(client) as stream:
+            start = time.perf_counter()
+            sharded = ShardedNeighbors(estimator, n_shards=n_shards, replicas=replicas,
+                                       placement=placement, client=client).fit(X)
+            fit_s = time.perf_counter() - start
         shards = sharded.gather_shards()
-        # The fit waits for the slowest shard: its rows and training epochs.
+        # The fit waits for the slowest shard: its rows, training epochs and
+        # seconds (its task's compute on its worker).
         shard_rows = [s.n_samples_fit_ for s in shards]
         shard_epochs = [_epochs(s) for s in shards]
+        shard_fit_s = _shard_fit_seconds(stream.data)
         _log(f"{n_workers} worker(s), {n_shards} shard(s) x {replicas}, {placement}: fit "
              f"{fit_s:.1f} s, recall_={sharded.recall_:.4f}, coarse_probe_="
-             f"{sharded.coarse_probe_}; shards' rows {shard_rows}, epochs {shard_epochs}")
+             f"{sharded.coarse_probe_}; shards' rows {shard_rows}, epochs {shard_epochs}, "
+             f"fits {[round(s, 1) for s in shard_fit_s]} s")
         efforts = list(zip(*[s._search_efforts() for s in shards]))
 
         def set_effort(effort):
@@ -165,6 +182,7 @@ def _sharded(n_workers, estimator, X, Q, exact_dist, args, n_shards=2, replicas=
         rows = {size: [(e[0], r, q) for e, r, q in sweep] for size, sweep in rows.items()}
         result = {"fit_s": fit_s, "sweep": rows,
                   "shard_rows": shard_rows, "shard_epochs": shard_epochs,
+                  "shard_fit_s": shard_fit_s,
                   "coarse_probe": sharded.coarse_probe_,
                   # Shards a query visits (all of them with placement='rows').
                   "shards_per_query": n_shards if placement == "rows" else float(
@@ -296,6 +314,13 @@ def main(argv=None):
                 print(f"2 workers / 1 worker wall time{name} (fit + {size:,} queries, step): "
                       f"{wall(two) / wall(one):.2f}x  (fit {two['fit_s'] / one['fit_s']:.2f}x, "
                       f"query {query:.2f}x)")
+        if one["shard_fit_s"] and two["shard_fit_s"]:
+            # What the shards' fits alone give: the slowest side by side,
+            # against all of them one after another.
+            print(f"shards' fits{name}: {' + '.join(f'{t:.1f}' for t in one['shard_fit_s'])} s "
+                  f"on 1 worker, {' / '.join(f'{t:.1f}' for t in two['shard_fit_s'])} s on 2 "
+                  f"(slowest / sum {max(two['shard_fit_s']) / sum(one['shard_fit_s']):.2f}x; "
+                  f"epochs {two['shard_epochs']})")
     if "stream" in results.get("2 worker", {}):
         s = results["2 worker"]["stream"]
         print(f"stream {s['rows']:,} rows: {s['qps']:,.0f} q/s; workers' memory at rest "
