@@ -415,7 +415,7 @@ class LearnedNeighbors(SearchBase):
                         f"{np.shape(Z)}."
                     )
                 returned = np.asarray(Z)
-                Z = np.array(Z, dtype=np.float32, order="C")
+                Z = np.array(returned, dtype=np.float32, order="C")
         finite = ~beyond_range(Z, self._code_sqmax) if queries else np.isfinite(Z).all(axis=1)
         if not finite.all():
             if not queries:
