@@ -24,10 +24,10 @@ from ._search import drop_self, exact_kneighbors, rerank, stack_parts
 # the ranking rows (fitted on a sample of at most _PCA_SAMPLE rows) searched
 # by an inverted file for _GRAPH_CANDIDATES candidates per neighbour,
 # re-ranked exactly. Measured on Fashion-MNIST (60k x 784, 10 neighbours, 2
-# cores): ~8 s, and METIS on it cuts 29.3% of 10-NN pairs against 29.6% on
-# the exact graph (77 s to build); 2.0-2.2 s since the inverted file seeds
-# k-means from a sample (5.1-5.2 s before; 100k x 128 rows on one thread:
-# 14 -> 5.5-6 s).
+# cores): 2.0-2.2 s (5.1-5.2 s while the inverted file's k-means++ ran on
+# all of its sample; 100k x 128 rows on one thread: 5.5-6 s against 14 s).
+# METIS on that earlier graph cut 29.3% of 10-NN pairs, against 29.6% on the
+# exact graph (77 s to build).
 _EXACT_GRAPH_UP_TO = 20_000
 _GRAPH_COMPONENTS = 128
 _GRAPH_CANDIDATES = 3
