@@ -1,9 +1,13 @@
 """Shared Keras helpers: batch normalisation folding and the training loop."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
+from sklearn.exceptions import ConvergenceWarning
 
+import skknn._keras
 from skknn._keras import (
     LR_DIVISOR,
     MLPWeights,
@@ -76,7 +80,8 @@ def test_batch_norm_momentum_spans_about_an_epoch(n_train, batch_size, expected)
 
 
 class _ScriptedModel:
-    """Stands in for a Keras model: replays a scripted loss per epoch.
+    """Stands in for a Keras model and its epochs: replays a scripted loss
+    per epoch.
 
     Its "weights" are the number of the epoch that produced them, so the test
     can see which epoch's weights were restored and when.
@@ -90,19 +95,12 @@ class _ScriptedModel:
         self.restored = []
         self.rows = []
 
-    def compile(self, optimizer, loss):
-        self.optimizer = optimizer
-
-    def fit(self, X, Y, **kwargs):
-        self.rows.append(X[:, 0].tolist())
+    def run_epoch(self, order):
+        self.rows.append(order.tolist())
         loss = self.losses[self.epoch]
         self.epoch += 1
         self.weights = self.epoch
-
-        class History:
-            history = {"loss": [loss]}
-
-        return History()
+        return {"loss": loss}
 
     def get_weights(self):
         return self.weights
@@ -114,14 +112,16 @@ class _ScriptedModel:
 
 def _train(losses, schedule, n_iter_no_change=3, n_rows=8, layers=()):
     model = _ScriptedModel(losses, layers)
+    epochs = mock.patch.object(skknn._keras, "_epoch_runner", lambda model, *args: model.run_epoch)
     params = {
         "epochs": len(losses), "batch_size": 4, "learning_rate": 1.0,
         "validation_fraction": 0.0, "n_iter_no_change": n_iter_no_change, "tol": 0.0,
         "verbose": 0, "learning_rate_schedule": schedule,
     }
     X = np.arange(n_rows, dtype=np.float32)[:, None]
-    history = train(model, "mse", X, X, params=params, rng=np.random.RandomState(0),
-                    owner="test")
+    with epochs:
+        history = train(model, "mse", X, X, params=params, rng=np.random.RandomState(0),
+                        owner="test")
     return model, history
 
 
@@ -178,3 +178,65 @@ def test_float32_scaling_matches_float64_and_survives_overflow():
     out = apply_scaling(big, np.array([-1e38]), 10.0)
     assert out.dtype == np.float32
     assert_allclose(out, [[4e37], [-2e37]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_compiled_epochs_train_as_keras_fit_does(batch_norm, monkeypatch):
+    # On JAX an epoch is one compiled scan of the training steps; on other
+    # backends it is Keras' fit. Both take the same steps from the same
+    # weights: the same losses, validation losses and weights, to float32
+    # rounding (42 training rows: batches of 16, 16 and 10, or 16 and 16
+    # with batch normalisation; 8 validation rows, batches of 8).
+    keras = import_keras()
+    if not skknn._keras._compiled_epochs(keras):
+        pytest.skip("compiled epochs are for the JAX backend")
+    rng = np.random.RandomState(0)
+    X = rng.randn(50, 5).astype(np.float32)
+    Y = np.tanh(X @ rng.randn(5, 3)).astype(np.float32)
+    params = {"epochs": 4, "batch_size": 16, "learning_rate": 0.01,
+              "validation_fraction": 0.16, "n_iter_no_change": 10, "tol": 0.0, "verbose": 0}
+
+    def fitted(compiled):
+        monkeypatch.setattr(skknn._keras, "_compiled_epochs", lambda keras: compiled)
+        model = build_mlp(5, [7, 3], ["relu", "linear"], 0, batch_norm=batch_norm)
+        with pytest.warns(ConvergenceWarning):  # every epoch improves
+            history = train(model, "mse", X, Y, params=params, rng=np.random.RandomState(1),
+                            owner="test")
+        return history, model.get_weights()
+
+    (history, weights), (expected, expected_weights) = fitted(True), fitted(False)
+    assert history.keys() == expected.keys() == {"loss", "val_loss"}
+    for key in history:
+        assert_allclose(history[key], expected[key], rtol=1e-5)
+    # Kernel, batch normalisation (gamma, beta, mean, variance), kernel and
+    # bias; or two kernels and biases.
+    assert len(weights) == len(expected_weights) == (7 if batch_norm else 4)
+    for w, e in zip(weights, expected_weights):
+        assert_allclose(w, e, rtol=1e-4, atol=1e-6)
+    # Training moved the weights, and the losses went down.
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_compiled_epochs_step_with_the_learning_rate_the_schedule_sets():
+    # The adaptive schedule assigns the optimizer's learning rate between
+    # epochs; a compiled epoch reads it (and every weight) from the variables
+    # anew, and writes the weights back to the model.
+    keras = import_keras()
+    if not skknn._keras._compiled_epochs(keras):
+        pytest.skip("compiled epochs are for the JAX backend")
+    rng = np.random.RandomState(0)
+    X = rng.randn(40, 4).astype(np.float32)
+    model = build_mlp(4, [3, 4], ["relu", "linear"], 0)
+    optimizer = keras.optimizers.Adam(learning_rate=0.01)
+    run = skknn._keras._epoch_runner(model, "mse", optimizer, X, X, np.arange(30, 40), 8)
+    before = model.get_weights()
+    run(np.arange(30))
+    moved = model.get_weights()
+    assert not any(np.allclose(a, b) for a, b in zip(before, moved))
+    optimizer.learning_rate.assign(0.0)
+    logs = run(rng.permutation(30))
+    for a, b in zip(moved, model.get_weights()):
+        assert_allclose(a, b)
+    # (Adam's steps went on: 4 batches an epoch, the last of 6 rows.)
+    assert int(optimizer.iterations) == 8
+    assert logs["loss"] > 0 and logs["val_loss"] > 0
