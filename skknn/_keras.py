@@ -323,7 +323,7 @@ class _JaxEpochs:
     without the Python that ``fit`` runs between two steps to feed them: that
     kept a second core 20-25% busy beside JAX's own thread, so that two
     networks trained side by side on two cores (two Dask workers) took
-    1.2-1.4x as long per epoch as alone; now 1.04-1.08x (a router on
+    1.13-1.32x as long per epoch as alone; now 1.04-1.08x (a router on
     100,000 x 128 rows: 0.72 s an epoch alone, 0.75-0.78 s side by side).
     """
 
