@@ -94,9 +94,18 @@ def join_parts(parts):
 
 
 def _sorted_topk(dist, ind, k):
-    """The ``k`` smallest of each row, ordered by distance then index."""
+    """The ``k`` smallest of each row, ordered by distance then index; of
+    values tied at the ``k``-th, those of the lowest indices."""
     if dist.shape[1] > k:
-        part = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        part = np.argpartition(dist, k - 1, axis=1)
+        kth = np.take_along_axis(dist, part[:, k - 1 : k], axis=1)
+        part = part[:, :k]
+        # The partition keeps an arbitrary few of the values tied at the k-th:
+        # rows where one was left out are ordered in full.
+        tied = np.flatnonzero(np.count_nonzero(dist == kth, axis=1) > np.count_nonzero(
+            np.take_along_axis(dist, part, axis=1) == kth, axis=1))
+        if len(tied):
+            part[tied] = np.lexsort((ind[tied], dist[tied]), axis=1)[:, :k]
         dist = np.take_along_axis(dist, part, axis=1)
         ind = np.take_along_axis(ind, part, axis=1)
     order = np.lexsort((ind, dist), axis=1)
@@ -344,12 +353,38 @@ def _merge_over_rows(Q, n_rows, k, block):
     chunk = max(1, int(_MAX_CHUNK_BYTES // (8 * (n_features + 3 * n_queries))))
     for rows in gen_batches(n_rows, chunk):
         D = block(rows)
-        cols = np.broadcast_to(np.arange(rows.start, rows.stop), D.shape)
-        # The chunk's own k best first: no stacked copy of the whole block.
-        d, i = _sorted_topk(D, cols, k)
+        # The chunk's values that may enter, first: no stacked copy of the
+        # whole block.
+        d, i = _entering(D, rows.start, dist[:, -1], k)
         del D
         dist, ind = _sorted_topk(np.hstack([dist, d]), np.hstack([ind, i]), k)
     return dist, ind
+
+
+def _entering(D, first, kth, k):
+    """The values of a block ``D`` (columns: rows ``first, first + 1, ...``)
+    that may enter top-``k`` lists whose ``k``-th values are ``kth``, with
+    their rows; padded with ``inf`` and -1.
+
+    Only a value below a query's ``k``-th enters: the rows listed come
+    before the block's and win its ties, and their ``inf`` / -1 pads win over
+    ``inf`` and NaN. Past the first blocks few values do, and picking them
+    out is much cheaper than selecting the ``k`` best of every block row
+    (one thread, 1,024 queries and 100k rows: 2.0 s of the reference's
+    2.4 s went to that selection).
+    """
+    keep = D < kth[:, None]
+    counts = np.count_nonzero(keep, axis=1)
+    width = int(counts.max(initial=0))
+    if width > k and 4 * width > D.shape[1]:  # most of the block: select in it
+        return _sorted_topk(D, np.broadcast_to(np.arange(first, first + D.shape[1]), D.shape),
+                            k)
+    which, cols = np.nonzero(keep)
+    slot = np.arange(len(which)) - np.repeat(np.cumsum(counts) - counts, counts)
+    d = np.full((len(D), width), np.inf)
+    i = np.full((len(D), width), -1, dtype=np.intp)
+    d[which, slot], i[which, slot] = D[which, cols], cols + first
+    return d, i
 
 
 def exact_search(X, Q, k, metric="euclidean", n_jobs=1):

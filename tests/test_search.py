@@ -126,6 +126,43 @@ def test_reference_in_small_chunks_equals_sklearn(metric, rng, monkeypatch):
     assert_same_neighbors(dist, ind, ref_dist, ref_ind, scale=1e4)
 
 
+@pytest.mark.parametrize("block_rows", [1, 3, 5, 40])
+def test_top_k_merged_over_blocks_is_the_k_smallest_ties_by_row(block_rows, rng, monkeypatch):
+    # Values with many ties, some inf and NaN (never listed: the inf / -1
+    # pads win), merged over blocks of fitted rows: the k smallest of each
+    # query by (value, row), whether a block is selected in or picked from.
+    n_queries, n_rows, k = 30, 120, 4
+    V = rng.randint(0, 8, size=(n_queries, n_rows)).astype(float)
+    V[rng.rand(n_queries, n_rows) < 0.05] = np.inf
+    V[rng.rand(n_queries, n_rows) < 0.05] = np.nan
+    V[0, 3:] = np.inf  # fewer than k finite values
+    monkeypatch.setattr(search, "_MAX_CHUNK_BYTES", 8 * (1 + 3 * n_queries) * block_rows)
+    dist, ind = search._merge_over_rows(np.zeros((n_queries, 1)), n_rows, k,
+                                        lambda rows: V[:, rows])
+    for row, values in enumerate(V):
+        finite = np.flatnonzero(np.isfinite(values))
+        best = finite[np.lexsort((finite, values[finite]))][:k]
+        missing = k - len(best)
+        assert_array_equal(ind[row], np.r_[best, [-1] * missing])
+        assert_array_equal(dist[row], np.r_[values[best], [np.inf] * missing])
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "manhattan", "chebyshev"])
+def test_exact_search_keeps_the_lowest_rows_of_those_tied_at_the_kth(metric, rng):
+    # Points on a small integer grid: most k-th distances are shared by
+    # several rows; the exact search keeps the lowest of them, as its
+    # reference does.
+    X = rng.randint(0, 3, size=(200, 3)).astype(float)
+    Q = rng.randint(0, 3, size=(50, 3)).astype(float)
+    D = cdist(Q, X, metric={"manhattan": "cityblock"}.get(metric, metric))
+    expected = np.array([np.lexsort((np.arange(len(X)), d))[:7] for d in D])
+    space = make_space(metric, X)
+    for dist, ind in (search.exact_search(X, Q, 7, metric=metric),
+                      search.reference_kneighbors(space, space.rows(Q), 7)):
+        assert_array_equal(ind, expected)
+        assert_allclose(dist, np.take_along_axis(D, expected, 1), rtol=1e-12)
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "manhattan", "cosine", "sqeuclidean"])
 def test_chunked_search_equals_one_block(metric, rng):
     X, Q = rng.randn(400, 8), rng.randn(120, 8)
