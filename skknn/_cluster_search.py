@@ -108,9 +108,10 @@ class ClusterSearchMixin:
         for lo, hi, qi in self._by_cluster(probes):
             D = space.block_values(q[qi], fitted.block[lo:hi])
             cols = np.broadcast_to(np.arange(lo, hi), D.shape)
-            d, i = _sorted_topk(D, cols, min(k, hi - lo))
-            dist[qi], ind[qi] = _sorted_topk(np.hstack([dist[qi], d]),
-                                             np.hstack([ind[qi], i]), k)
+            # Ties by row number of the fitted data, not by stored position.
+            d, i = _sorted_topk(D, cols, min(k, hi - lo), tie_key=space.to_ids)
+            dist[qi], ind[qi] = _sorted_topk(np.hstack([dist[qi], d]), np.hstack([ind[qi], i]),
+                                             k, tie_key=space.to_ids)
         return dist, ind
 
     def _probe_radius(self, q, radius, probes):

@@ -93,9 +93,11 @@ def join_parts(parts):
     return [d for p in parts for d in p[0]], [i for p in parts for i in p[1]]
 
 
-def _sorted_topk(dist, ind, k):
+def _sorted_topk(dist, ind, k, tie_key=None):
     """The ``k`` smallest of each row, ordered by distance then index; of
-    values tied at the ``k``-th, those of the lowest indices."""
+    values tied at the ``k``-th, those of the lowest indices. ``tie_key``:
+    what orders tied indices (a function of indices; the index if None)."""
+    key = (lambda i: i) if tie_key is None else tie_key
     if dist.shape[1] > k:
         part = np.argpartition(dist, k - 1, axis=1)
         kth = np.take_along_axis(dist, part[:, k - 1 : k], axis=1)
@@ -105,10 +107,10 @@ def _sorted_topk(dist, ind, k):
         tied = np.flatnonzero(np.count_nonzero(dist == kth, axis=1) > np.count_nonzero(
             np.take_along_axis(dist, part, axis=1) == kth, axis=1))
         if len(tied):
-            part[tied] = np.lexsort((ind[tied], dist[tied]), axis=1)[:, :k]
+            part[tied] = np.lexsort((key(ind[tied]), dist[tied]), axis=1)[:, :k]
         dist = np.take_along_axis(dist, part, axis=1)
         ind = np.take_along_axis(ind, part, axis=1)
-    order = np.lexsort((ind, dist), axis=1)
+    order = np.lexsort((key(ind), dist), axis=1)
     return np.take_along_axis(dist, order, axis=1), np.take_along_axis(ind, order, axis=1)
 
 
@@ -146,7 +148,8 @@ def rerank(space, q, candidates, k, n_jobs=1, visit=None):
         pad = k - dist.shape[1]
         dist = np.hstack([dist, np.full((len(dist), pad), np.inf)])
         ind = np.hstack([ind, np.full((len(ind), pad), -1, dtype=np.intp)])
-    return _sorted_topk(dist, ind, k)
+    # Ties by row number of the fitted data, not by stored position.
+    return _sorted_topk(dist, ind, k, tie_key=space.to_ids)
 
 
 def unsure_queries(space, dist, next_ranking, error):
@@ -174,7 +177,8 @@ def exact_kneighbors(space, q, k, n_jobs=1):
         # cdist is float64 from differences: its values decide directly.
         def one(batch):
             D = space.block_values(q[batch], X.block)
-            return _sorted_topk(D, np.broadcast_to(np.arange(n), D.shape), k)
+            cols = np.broadcast_to(np.arange(n), D.shape)
+            return _sorted_topk(D, cols, k, tie_key=space.to_ids)
 
         return stack_parts(run_in_threads(one, _query_batches(len(q), 24 * n, n_jobs), n_jobs))
 

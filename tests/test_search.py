@@ -7,6 +7,7 @@ from scipy.spatial.distance import cdist
 from sklearn import config_context
 from sklearn.neighbors import NearestNeighbors
 
+from skknn import ClusterFilteredKNN, LearnedNeighbors
 from skknn import _search as search
 from skknn._metrics import SUPPORTED_METRICS, Metric, Space, resolve_metric
 from skknn._search import (
@@ -150,15 +151,20 @@ def test_top_k_merged_over_blocks_is_the_k_smallest_ties_by_row(block_rows, rng,
 @pytest.mark.parametrize("metric", ["euclidean", "manhattan", "chebyshev"])
 def test_exact_search_keeps_the_lowest_rows_of_those_tied_at_the_kth(metric, rng):
     # Points on a small integer grid: most k-th distances are shared by
-    # several rows; the exact search keeps the lowest of them, as its
-    # reference does.
+    # several rows; the exact search keeps the lowest of them, as do its
+    # reference and the estimators' exact settings.
     X = rng.randint(0, 3, size=(200, 3)).astype(float)
     Q = rng.randint(0, 3, size=(50, 3)).astype(float)
     D = cdist(Q, X, metric={"manhattan": "cityblock"}.get(metric, metric))
     expected = np.array([np.lexsort((np.arange(len(X)), d))[:7] for d in D])
     space = make_space(metric, X)
+    cf = ClusterFilteredKNN(n_neighbors=7, metric=metric, router="centroid", n_clusters=8,
+                            random_state=0).fit(X)
+    cf.search_params_ = {"n_probe": cf.n_clusters_}
+    ln = LearnedNeighbors(n_neighbors=7, metric=metric, embedder="passthrough", backend="brute")
     for dist, ind in (search.exact_search(X, Q, 7, metric=metric),
-                      search.reference_kneighbors(space, space.rows(Q), 7)):
+                      search.reference_kneighbors(space, space.rows(Q), 7),
+                      cf.kneighbors(Q), ln.fit(X).kneighbors(Q)):
         assert_array_equal(ind, expected)
         assert_allclose(dist, np.take_along_axis(D, expected, 1), rtol=1e-12)
 
