@@ -383,7 +383,8 @@ def _entering(D, first, kth, k):
     if width > k and 4 * width > D.shape[1]:  # most of the block: select in it
         return _sorted_topk(D, np.broadcast_to(np.arange(first, first + D.shape[1]), D.shape),
                             k)
-    which, cols = np.nonzero(keep)
+    # (Of the flat positions: 2-D nonzero took 11x as long, measured.)
+    which, cols = np.divmod(np.flatnonzero(keep), D.shape[1])
     slot = np.arange(len(which)) - np.repeat(np.cumsum(counts) - counts, counts)
     d = np.full((len(D), width), np.inf)
     i = np.full((len(D), width), -1, dtype=np.intp)
