@@ -95,6 +95,21 @@ def test_exact_settings_merge_to_brute_force(client, metric, kwargs, ref_name, p
     assert_same_radius(r_dist, r_ind, *ref.radius_neighbors(Q, radius=radius), radius, scale)
 
 
+@pytest.mark.parametrize("placement", ["rows", "clusters"])
+def test_ties_at_the_kth_keep_the_lowest_rows_over_shards(client, placement, rng):
+    # Points on a small integer grid: most k-th distances are shared by
+    # several rows. The exact settings, merged over shards, keep the lowest.
+    X = rng.randint(0, 3, size=(400, 3)).astype(float)
+    Q = rng.randint(0, 3, size=(50, 3)).astype(float)
+    D = np.sqrt(((Q[:, None, :] - X[None, :, :]) ** 2).sum(axis=2))
+    expected = np.array([np.lexsort((np.arange(len(X)), d))[:7] for d in D])
+    for estimator in (exact_learned(n_neighbors=7), exact_cluster(7, 4)):
+        ours = ShardedNeighbors(estimator, n_shards=2, placement=placement, client=client).fit(X)
+        if placement == "clusters":
+            ours.coarse_probe_ = ours.n_coarse_centres_
+        assert_array_equal(ours.kneighbors(Q)[1], expected)
+
+
 def test_scikit_learn_estimator_checks(client):
     from sklearn.utils.estimator_checks import check_estimator
 
