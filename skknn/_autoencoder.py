@@ -199,8 +199,12 @@ class AutoencoderEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         codes = encoder(inputs)
         model = keras.Model(inputs, keras.layers.Concatenate()([decoder(codes), codes]))
         loss = _autoencoder_loss(n_features, self.distance_weight)
+        # The key names the layers and the loss (compiled epochs are shared).
+        key = ("autoencoder", n_features, tuple(hidden), self.n_components, self.activation,
+               float(self.distance_weight))
         self.history_ = train(
-            model, loss, Xs, Xs, params=training_params(self), rng=rng, owner=type(self).__name__
+            model, loss, Xs, Xs, params=training_params(self), rng=rng, owner=type(self).__name__,
+            cache_key=key,
         )
         self.n_iter_ = len(self.history_["loss"])
         self._encoder = MLPWeights.from_keras(encoder)

@@ -473,9 +473,12 @@ class ClusterFilteredKNN(ClusterSearchMixin, SearchBase):
             n_inputs, hidden + [self.n_clusters_], ["relu"] * len(hidden) + ["linear"],
             draw_seed(rng),
         )
+        # The key names the layers and the loss (compiled epochs are shared).
+        key = ("router", n_inputs, tuple(hidden), self.n_clusters_,
+               getattr(loss, "__name__", type(loss).__name__))
         self.history_ = train(
             model, loss, inputs, targets,
-            params=training_params(self), rng=rng, owner=type(self).__name__,
+            params=training_params(self), rng=rng, owner=type(self).__name__, cache_key=key,
         )
         self.n_iter_ = len(self.history_["loss"])
         self._router = MLPWeights.from_keras(model)

@@ -342,6 +342,10 @@ class TripletEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             Xs,
             codes.astype(np.float32), params=params, rng=rng, owner=type(self).__name__,
             batch_order=lambda rows, rng: _pk_order(rows, codes, self.samples_per_class, rng),
+            # Names the layers and the loss (compiled epochs are shared).
+            cache_key=("triplet", X.shape[1], tuple(hidden), self.n_components,
+                       bool(self.batch_norm), self.miner, float(self.margin),
+                       bool(self.normalize), self.samples_per_class - 1),
         )
         self.n_iter_ = len(self.history_["loss"])
         self._network = MLPWeights.from_keras(model)

@@ -1,13 +1,17 @@
 """Shared Keras helpers: batch normalisation folding and the training loop."""
 
+from collections import OrderedDict
 from unittest import mock
 
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
+from sklearn.base import clone
+from sklearn.datasets import make_blobs
 from sklearn.exceptions import ConvergenceWarning
 
 import skknn._keras
+from skknn import AutoencoderEmbedder, ClusterFilteredKNN, TripletEmbedder
 from skknn._keras import (
     LR_DIVISOR,
     MLPWeights,
@@ -16,6 +20,11 @@ from skknn._keras import (
     import_keras,
     train,
 )
+
+from .conftest import FAST_AE
+
+FAST_TRIPLET = {"hidden_layer_sizes": (16,), "n_components": 4, "epochs": 3}
+SEEDED_AE = {**FAST_AE, "random_state": 0}
 
 
 def test_batch_norm_folds_into_the_numpy_weights():
@@ -240,3 +249,67 @@ def test_compiled_epochs_step_with_the_learning_rate_the_schedule_sets():
     # (Adam's steps went on: 4 batches an epoch, the last of 6 rows.)
     assert int(optimizer.iterations) == 8
     assert logs["loss"] > 0 and logs["val_loss"] > 0
+
+
+def _fitted_outputs(estimator, X, y=None):
+    """What a fitted network gives (the router's probabilities, or the
+    embedding), to compare fits bit for bit."""
+    estimator.fit(X, y)
+    if hasattr(estimator, "_router_proba"):
+        return estimator._router_proba(estimator._space.fitted.block[:50])[0]
+    return estimator.transform(X[:50])
+
+
+@pytest.mark.parametrize("first, second", [
+    # Settings the compiled epochs close over: other programs.
+    (AutoencoderEmbedder(distance_weight=0.0, **SEEDED_AE),
+     AutoencoderEmbedder(distance_weight=1.0, **SEEDED_AE)),
+    (AutoencoderEmbedder(activation="relu", **SEEDED_AE),
+     AutoencoderEmbedder(activation="tanh", **SEEDED_AE)),
+    (TripletEmbedder(margin=0.1, random_state=0, **FAST_TRIPLET),
+     TripletEmbedder(margin=1.0, random_state=0, **FAST_TRIPLET)),
+    (TripletEmbedder(miner="batch_hard", random_state=0, **FAST_TRIPLET),
+     TripletEmbedder(miner="batch_all", random_state=0, **FAST_TRIPLET)),
+    # Settings they read as arguments: the same programs.
+    (TripletEmbedder(learning_rate=0.01, random_state=0, **FAST_TRIPLET),
+     TripletEmbedder(learning_rate=0.001, random_state=1, **FAST_TRIPLET)),
+    (ClusterFilteredKNN(n_clusters=6, epochs=3, random_state=0),
+     ClusterFilteredKNN(n_clusters=6, epochs=3, learning_rate=0.01, random_state=1)),
+])
+def test_networks_share_compiled_epochs_only_where_they_compute_the_same(first, second):
+    # A network reuses the jitted epochs of an earlier one of the same key
+    # (layers, loss and its settings) and variables' shapes; trained after
+    # the first, the second network must come out as it does on its own.
+    if not skknn._keras._compiled_epochs(import_keras()):
+        pytest.skip("compiled epochs are for the JAX backend")
+    X, y = make_blobs(n_samples=160, n_features=6, centers=4, random_state=0)
+    X = X.astype(np.float32)
+    with mock.patch.object(skknn._keras, "_programs", OrderedDict()) as programs:
+        alone = _fitted_outputs(clone(second), X, y)
+        programs.clear()
+        _fitted_outputs(clone(first), X, y)
+        after_first = _fitted_outputs(clone(second), X, y)
+        shared = len(programs) == 1
+    np.testing.assert_array_equal(after_first, alone)
+    assert shared == (first.get_params()["learning_rate"] != second.get_params()["learning_rate"])
+
+
+def test_a_second_fit_of_the_same_shapes_compiles_nothing():
+    if not skknn._keras._compiled_epochs(import_keras()):
+        pytest.skip("compiled epochs are for the JAX backend")
+    X = make_blobs(n_samples=300, n_features=5, centers=5, random_state=0)[0]
+    built = []
+    real = skknn._keras._JaxEpochs._programs
+
+    def programs(*args):
+        built.append(args)
+        return real(*args)
+
+    with mock.patch.object(skknn._keras, "_programs", OrderedDict()), \
+            mock.patch.object(skknn._keras._JaxEpochs, "_programs", staticmethod(programs)):
+        for seed in range(3):
+            ClusterFilteredKNN(n_clusters=8, epochs=2, random_state=seed).fit(X)
+        assert len(built) == 1
+        # Other layers: programs of their own.
+        ClusterFilteredKNN(n_clusters=8, epochs=2, hidden_layer_sizes=(32,)).fit(X)
+        assert len(built) == 2
