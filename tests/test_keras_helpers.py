@@ -260,6 +260,7 @@ def _fitted_outputs(estimator, X, y=None):
     return estimator.transform(X[:50])
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # tiny epochs
 @pytest.mark.parametrize("first, second", [
     # Settings the compiled epochs close over: other programs.
     (AutoencoderEmbedder(distance_weight=0.0, **SEEDED_AE),
@@ -294,6 +295,7 @@ def test_networks_share_compiled_epochs_only_where_they_compute_the_same(first, 
     assert shared == (first.get_params()["learning_rate"] != second.get_params()["learning_rate"])
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # tiny epochs
 def test_a_second_fit_of_the_same_shapes_compiles_nothing():
     if not skknn._keras._compiled_epochs(import_keras()):
         pytest.skip("compiled epochs are for the JAX backend")
