@@ -109,12 +109,16 @@ class ShardFanOut:
 
         Dask recovers a lost copy on a worker of its choosing, perhaps one
         holding another copy of the shard (one object then), and a second
-        loss would take both. Before a query, once the recoveries under way
-        have ended, such a copy is made again on a worker holding none of
-        the shard, if there is one. So is a copy held on such a worker and
-        elsewhere too (a task that ran away from it): Dask's memory manager
-        later keeps one of its replicas, and may keep the shared one. One
-        scheduler call when all are apart.
+        loss would take both. A copy may also be held on several workers (a
+        lazy query's task that ran away with it): Dask's memory manager
+        later keeps one of its replicas, perhaps the one beside another
+        copy. Before a query, once the recoveries under way have ended, each
+        copy is given a worker of its own where it can be: such a copy is
+        made again, under a new key, on a worker that holds it already and
+        no other copy (the same object, nothing sent), else on a worker
+        holding none of the shard. The first copy of a shard fitted from a
+        dask array stays as it is (it is the fit, which Dask can recompute).
+        One scheduler call when all are apart.
         """
         if self.replicas == 1:
             return
@@ -124,17 +128,25 @@ class ShardFanOut:
         workers = set(client.nthreads())
         for i, copies in enumerate(self._shards):
             held = [set(where.get(copy.key, ())) for copy in copies]
-            free, seen = sorted(workers.difference(*held)), set()
-            for r in range(len(copies)):
-                # (The first copy stays: from a dask array, it is the fit.)
-                if r and free and held[r] & seen:
-                    lineage = copies[0].key if self._from_dask else None
-                    copies[r] = submit_copy(client, self._copy_prefixes[i],
-                                            self._lost_message(i), lineage, lineage,
-                                            free.pop(0))
-                    moved.append(copies[r])
+            free, claimed = sorted(workers.difference(*held)), set()
+            for r, holders in enumerate(held):
+                others = set().union(*held[:r], *held[r + 1:])
+                if (len(holders) == 1 and not holders & claimed) or not holders or (
+                        r == 0 and self._from_dask):
+                    claimed |= holders  # apart already, being recovered, or the fit
                     continue
-                seen |= held[r]
+                homes = sorted(holders - claimed - others) + sorted(holders - claimed) + free
+                if not homes:
+                    claimed |= holders
+                    continue
+                home = homes[0]
+                if home in free:
+                    free.remove(home)
+                lineage = copies[0].key if self._from_dask else None
+                copies[r] = submit_copy(client, self._copy_prefixes[i], self._lost_message(i),
+                                        lineage, lineage, home)
+                moved.append(copies[r])
+                claimed.add(home)
         if moved:
             distributed.wait(moved)
             unpin(client, moved)

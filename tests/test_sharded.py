@@ -506,6 +506,27 @@ def test_a_copy_also_held_beside_another_is_made_again_apart(rng):
         assert len(held) == 2 and not held[0] & held[1], held
 
 
+@pytest.mark.parametrize("replicated", [0, 1])
+def test_a_copy_on_both_workers_is_made_again_on_one(rng, replicated):
+    # Two workers, nowhere free: a copy held on both (a lazy task ran away
+    # with it) is made again on the one not holding the other copy; else
+    # Dask's memory manager may keep the replica beside the other copy.
+    import dask
+
+    X = rng.randn(60, 3)
+    with dask.config.set({"distributed.scheduler.active-memory-manager.start": False}), \
+            _cluster(2) as cluster, distributed.Client(cluster) as client:
+        ours = ShardedNeighbors(exact_learned(n_neighbors=2), n_shards=1, replicas=2,
+                                client=client).fit(X)
+        copy = ours._shards[0][replicated]
+        client.replicate(copy, workers=list(client.nthreads()))
+        assert len(client.who_has(copy)[copy.key]) == 2
+        dist, ind = ours.kneighbors(X[:3])
+        held = [set(w) for w in client.who_has(ours._shards[0]).values()]
+        assert len(held) == 2 and [len(h) for h in held] == [1, 1] and held[0] != held[1], held
+        assert_same_neighbors(dist, ind, *NearestNeighbors(n_neighbors=2).fit(X).kneighbors(X[:3]))
+
+
 def test_recall_and_target_recall_hold_across_shards(client):
     X = make_blobs_data(n_samples=3000, n_features=16, centers=30)
     Q = make_blobs_data(n_samples=3300, n_features=16, centers=30)[3000:]
