@@ -321,7 +321,7 @@ def _compiled_epochs(keras):
 #: Jitted epochs kept for later fits (see :func:`_shared_programs`): at most
 #: this many networks' programs, the least recently used dropped first.
 _PROGRAMS_KEPT = 16
-_programs, _programs_lock = OrderedDict(), threading.Lock()
+_program_cache, _program_cache_lock = OrderedDict(), threading.Lock()
 
 
 def _shared_programs(key, build):
@@ -339,14 +339,14 @@ def _shared_programs(key, build):
     """
     if key is None:
         return build()
-    with _programs_lock:
-        programs = _programs.pop(key, None)
+    with _program_cache_lock:
+        programs = _program_cache.pop(key, None)
     if programs is None:
         programs = build()
-    with _programs_lock:
-        _programs[key] = programs
-        while len(_programs) > _PROGRAMS_KEPT:
-            _programs.popitem(last=False)
+    with _program_cache_lock:
+        _program_cache[key] = programs
+        while len(_program_cache) > _PROGRAMS_KEPT:
+            _program_cache.popitem(last=False)
     return programs
 
 

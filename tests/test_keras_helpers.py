@@ -285,7 +285,7 @@ def test_networks_share_compiled_epochs_only_where_they_compute_the_same(first, 
         pytest.skip("compiled epochs are for the JAX backend")
     X, y = make_blobs(n_samples=160, n_features=6, centers=4, random_state=0)
     X = X.astype(np.float32)
-    with mock.patch.object(skknn._keras, "_programs", OrderedDict()) as programs:
+    with mock.patch.object(skknn._keras, "_program_cache", OrderedDict()) as programs:
         alone = _fitted_outputs(clone(second), X, y)
         programs.clear()
         _fitted_outputs(clone(first), X, y)
@@ -307,7 +307,7 @@ def test_a_second_fit_of_the_same_shapes_compiles_nothing():
         built.append(args)
         return real(*args)
 
-    with mock.patch.object(skknn._keras, "_programs", OrderedDict()), \
+    with mock.patch.object(skknn._keras, "_program_cache", OrderedDict()), \
             mock.patch.object(skknn._keras._JaxEpochs, "_programs", staticmethod(programs)):
         for seed in range(3):
             ClusterFilteredKNN(n_clusters=8, epochs=2, random_state=seed).fit(X)

@@ -699,10 +699,8 @@ def test_a_worker_killed_mid_query_is_survived_with_replicas(rng, monkeypatch):
             # Dask may have recovered the lost copy on the worker of the
             # shard's other copy; the next query first makes it again on a
             # worker holding none of the shard, else a second loss would
-            # take both. (Once the killed worker's nanny has started it
-            # again: on the two left, a copy that a lazy query's task took
-            # to the other may have nowhere to go, and Dask's memory manager
-            # later drops one of its replicas, perhaps the one apart.)
+            # take both. (Checked once the killed worker's nanny has started
+            # it again, as the docs describe the recovery.)
             client.wait_for_workers(3, timeout=60)
             ours.kneighbors(Q[:5])
             where = client.who_has([copy for copies in ours._shards for copy in copies])
